@@ -1,0 +1,9 @@
+//! lanceferry: declarative, plan-and-apply migrations from ChromaDB to LanceDB.
+//!
+//! The one way through: YAML → [`plan::PlanSpec`](plan::spec::PlanSpec) →
+//! checked [`plan::Plan`] → [`graph::StepGraph`] → executor. The CLI in
+//! [`cli`] is a thin layer over these modules.
+
+pub mod cli;
+pub mod graph;
+pub mod plan;

@@ -1,0 +1,362 @@
+//! `Plan`: a checked, resolved plan that later stages can trust.
+//!
+//! Everything optional in [`PlanSpec`](super::spec::PlanSpec) has its default
+//! filled in, every variable is substituted, every cross-reference (index →
+//! column, upsert → id column) has been checked. Code after `check` never
+//! re-validates; if it holds a `Plan`, the plan is valid.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Serialize, Serializer};
+
+pub use super::spec::{ColumnType, DistanceSpace, IndexType, Metric, Mode, OnError, TokenHeader};
+
+/// Default directory for state records, relative to the working directory.
+pub const DEFAULT_STATE_DIR: &str = "./.lanceferry";
+pub const DEFAULT_BATCH_SIZE: u32 = 1000;
+pub const DEFAULT_CONCURRENCY: u32 = 2;
+pub const DEFAULT_CHECKPOINT_ROWS: u64 = 100_000;
+pub const DEFAULT_BACKUP_KEEP: u32 = 5;
+pub const DEFAULT_MIN_COSINE: f64 = 0.99;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_TENANT: &str = "default_tenant";
+pub const DEFAULT_DATABASE: &str = "default_database";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    /// The plan file as given on the command line.
+    pub file: PathBuf,
+    pub source: Source,
+    pub target: Target,
+    pub state_dir: PathBuf,
+    pub backup: Option<Backup>,
+    pub concurrency: u32,
+    pub checkpoint_rows: u64,
+    pub collections: Vec<Collection>,
+}
+
+/// A secret value (the Chroma token). It is never displayed, logged,
+/// serialized or stored; only the name of the variable it came from is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    /// The variable the value came from, e.g. `CHROMA_TOKEN`.
+    pub variable: String,
+}
+
+impl Secret {
+    pub fn new(value: String, variable: String) -> Self {
+        Secret { value, variable }
+    }
+    /// The secret itself, for the one place that sends it (an HTTP header).
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "${{{}}} (redacted)", self.variable)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("${{{}}}", self.variable))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A Chroma persistent directory, read directly.
+    ChromaDir { path: PathBuf },
+    /// A running Chroma server.
+    ChromaHttp {
+        url: String,
+        tenant: String,
+        database: String,
+        token: Option<Secret>,
+        token_header: TokenHeader,
+        timeout_secs: u64,
+    },
+    /// JSON Lines files, one per collection.
+    Jsonl { path: PathBuf, space: DistanceSpace },
+}
+
+impl Source {
+    /// A short human description, without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::ChromaDir { path } => format!("chroma directory `{}`", path.display()),
+            Source::ChromaHttp { url, .. } => format!("chroma server `{url}`"),
+            Source::Jsonl { path, .. } => format!("JSON Lines in `{}`", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub uri: String,
+    pub storage_options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Backup {
+    pub dir: PathBuf,
+    pub keep: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Collection {
+    /// The source collection name.
+    pub source: String,
+    /// The LanceDB table name (unique within the plan).
+    pub table: String,
+    pub mode: Mode,
+    pub batch_size: u32,
+    pub columns: Vec<Column>,
+    pub indexes: Vec<Index>,
+    pub validate: Validate,
+    /// True when `columns` was omitted and the default mapping applies.
+    pub default_columns: bool,
+}
+
+impl Collection {
+    /// The column that holds the vector (exactly one exists).
+    pub fn vector_column(&self) -> &Column {
+        self.columns
+            .iter()
+            .find(|c| c.from == Field::Embedding)
+            .expect("a checked plan has exactly one vector column")
+    }
+
+    /// The column mapped from the record id, if any.
+    pub fn id_column(&self) -> Option<&Column> {
+        self.columns.iter().find(|c| c.from == Field::Id)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A source field a column reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Field {
+    Id,
+    Document,
+    Uri,
+    Embedding,
+    /// The whole metadata map.
+    Metadata,
+    /// One metadata key, lifted to its own column.
+    MetadataKey(String),
+}
+
+impl Field {
+    pub const NAMES: [&'static str; 6] = [
+        "id",
+        "document",
+        "uri",
+        "embedding",
+        "metadata",
+        "metadata.<key>",
+    ];
+
+    pub fn parse(s: &str) -> Option<Field> {
+        Some(match s {
+            "id" => Field::Id,
+            "document" => Field::Document,
+            "uri" => Field::Uri,
+            "embedding" => Field::Embedding,
+            "metadata" => Field::Metadata,
+            _ => {
+                let key = s.strip_prefix("metadata.")?;
+                if key.is_empty() {
+                    return None;
+                }
+                Field::MetadataKey(key.to_string())
+            }
+        })
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Id => f.write_str("id"),
+            Field::Document => f.write_str("document"),
+            Field::Uri => f.write_str("uri"),
+            Field::Embedding => f.write_str("embedding"),
+            Field::Metadata => f.write_str("metadata"),
+            Field::MetadataKey(k) => write!(f, "metadata.{k}"),
+        }
+    }
+}
+
+impl Serialize for Field {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnType::String => "string",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Bool => "bool",
+            ColumnType::Json => "json",
+            ColumnType::Vector => "vector",
+            ColumnType::ListString => "list<string>",
+            ColumnType::ListInt64 => "list<int64>",
+            ColumnType::ListFloat64 => "list<float64>",
+            ColumnType::ListBool => "list<bool>",
+        })
+    }
+}
+
+impl ColumnType {
+    pub fn is_list(self) -> bool {
+        matches!(
+            self,
+            ColumnType::ListString
+                | ColumnType::ListInt64
+                | ColumnType::ListFloat64
+                | ColumnType::ListBool
+        )
+    }
+    pub fn is_scalar(self) -> bool {
+        matches!(
+            self,
+            ColumnType::String | ColumnType::Int64 | ColumnType::Float64 | ColumnType::Bool
+        )
+    }
+}
+
+impl fmt::Display for IndexType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IndexType::IvfPq => "ivf_pq",
+            IndexType::IvfFlat => "ivf_flat",
+            IndexType::IvfHnswSq => "ivf_hnsw_sq",
+            IndexType::IvfHnswPq => "ivf_hnsw_pq",
+            IndexType::Fts => "fts",
+            IndexType::Btree => "btree",
+            IndexType::Bitmap => "bitmap",
+            IndexType::LabelList => "label_list",
+        })
+    }
+}
+
+impl IndexType {
+    pub fn is_vector(self) -> bool {
+        matches!(
+            self,
+            IndexType::IvfPq | IndexType::IvfFlat | IndexType::IvfHnswSq | IndexType::IvfHnswPq
+        )
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Create => "create",
+            Mode::Replace => "replace",
+            Mode::Append => "append",
+            Mode::Upsert => "upsert",
+        })
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::Auto => "auto",
+            Metric::L2 => "l2",
+            Metric::Cosine => "cosine",
+            Metric::Dot => "dot",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Column {
+    pub name: String,
+    pub from: Field,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// Only for the vector column; `None` = the source collection's dimension.
+    pub dim: Option<u32>,
+    pub required: bool,
+    pub on_error: OnError,
+    pub coerce: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Index {
+    pub column: String,
+    pub kind: IndexType,
+    /// Only meaningful for vector indexes.
+    pub metric: Metric,
+    pub num_partitions: Option<u32>,
+    pub num_sub_vectors: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleSize {
+    All,
+    Records(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountRule {
+    Exact,
+    Skip,
+    Tolerance(u64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Validate {
+    pub sample: SampleSize,
+    pub seed: u64,
+    pub min_cosine: f64,
+    pub count: CountRule,
+    pub ids: bool,
+    pub content: bool,
+    pub metadata: bool,
+}
+
+impl Default for Validate {
+    fn default() -> Self {
+        Validate {
+            sample: SampleSize::All,
+            seed: 0,
+            min_cosine: DEFAULT_MIN_COSINE,
+            count: CountRule::Exact,
+            ids: true,
+            content: true,
+            metadata: true,
+        }
+    }
+}
+
+impl Plan {
+    /// A stable digest of everything the plan means (after variables, without
+    /// secrets): two runs with the same fingerprint do the same thing.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut copy = self.clone();
+        // The file name does not change what the plan does.
+        copy.file = PathBuf::new();
+        let json = serde_json::to_vec(&copy).expect("plan serializes");
+        let digest = Sha256::digest(&json);
+        format!("sha256:{}", hex::encode(digest))
+    }
+}
