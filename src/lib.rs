@@ -7,3 +7,4 @@
 pub mod cli;
 pub mod graph;
 pub mod plan;
+pub mod source;

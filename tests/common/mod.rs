@@ -21,9 +21,11 @@ pub fn repo() -> PathBuf {
 }
 
 fn home_cache(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache").join(default))
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").expect("HOME"))
+            .join(".cache")
+            .join(default)
+    })
 }
 
 /// The venv for a chromadb version, created if absent.
@@ -35,9 +37,16 @@ pub fn venv(version: &str) -> PathBuf {
             .arg(repo().join("scripts/setup-python.sh"))
             .status()
             .expect("run scripts/setup-python.sh");
-        assert!(status.success(), "scripts/setup-python.sh failed: the tests need real chromadb");
+        assert!(
+            status.success(),
+            "scripts/setup-python.sh failed: the tests need real chromadb"
+        );
     }
-    assert!(dir.join(".ready").exists(), "no venv for chromadb {version} at {}", dir.display());
+    assert!(
+        dir.join(".ready").exists(),
+        "no venv for chromadb {version} at {}",
+        dir.display()
+    );
     dir
 }
 

@@ -1,0 +1,1192 @@
+//! Reading a Chroma persistent directory directly: no Python, no server.
+//!
+//! A collection's records are spread over three places, and all three are
+//! needed (see `shared/docs/chroma-format.md`):
+//!
+//! - SQLite (`chroma.sqlite3`, opened read-only): the metadata segment's
+//!   records (ids, documents, uris, metadata) in `embeddings` /
+//!   `embedding_metadata` / `embedding_metadata_array`;
+//! - the vector segment's HNSW files (`header.bin`, `data_level0.bin`,
+//!   `length.bin`, `index_metadata.pickle`): the vectors, by label;
+//! - the write-ahead queue (`embeddings_queue`): writes not yet consumed by
+//!   a segment. Each segment has its own position (`max_seq_id`), and the
+//!   queue rows above it are replayed on top of that segment (ADD if absent,
+//!   UPDATE merges, UPSERT, DELETE), exactly as Chroma would on its next
+//!   start. Skipping the replay loses recent writes.
+//!
+//! Records come out in the metadata segment's insertion order (SQLite rowid),
+//! then the records that exist only in the queue, in queue order. Memory is
+//! one batch plus three per-collection maps that hold no vectors: the HNSW
+//! label → slot map, the pickle's id ↔ label maps, and the replayed queue
+//! (bounded by Chroma's sync threshold). The directory is never written:
+//! SQLite is opened with `mode=ro`, files with read-only handles.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+use serde::Deserialize;
+
+use super::record::{MetaValue, Metadata, Record, SourceBatch};
+use super::{CollectionInfo, Source, SourceError};
+use crate::plan::DistanceSpace;
+
+/// Schema versions (table `migrations`) this reader understands.
+const KNOWN_MIGRATIONS: [(&str, i64); 3] = [("metadb", 6), ("sysdb", 10), ("embeddings_queue", 2)];
+const DOCUMENT_KEY: &str = "chroma:document";
+const URI_KEY: &str = "chroma:uri";
+const DEFAULT_TENANT: &str = "default_tenant";
+const DEFAULT_DATABASE: &str = "default_database";
+
+/// A Chroma persistent directory.
+#[derive(Debug, Clone)]
+pub struct ChromaDir {
+    path: PathBuf,
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> SourceError + '_ {
+    move |source| SourceError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl ChromaDir {
+    /// Checks that `path` is a Chroma directory this reader understands.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, SourceError> {
+        let path = path.into();
+        let shown = path.display().to_string();
+        let not_chroma = |reason: &str| SourceError::NotChroma {
+            path: shown.clone(),
+            reason: reason.to_string(),
+        };
+        if !path.is_dir() {
+            return Err(not_chroma(if path.exists() {
+                "it is not a directory"
+            } else {
+                "it does not exist"
+            }));
+        }
+        if !path.join("chroma.sqlite3").is_file() {
+            return Err(not_chroma("it has no `chroma.sqlite3`"));
+        }
+        let dir = ChromaDir { path };
+        let conn = dir.connect()?;
+        let has_migrations: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ('migrations','collections','segments','embeddings')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n == 4)
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                    not_chroma("`chroma.sqlite3` is not an SQLite database")
+                }
+                other => sqlite_err(&dir.path)(other),
+            })?;
+        if !has_migrations {
+            return Err(not_chroma("`chroma.sqlite3` lacks Chroma's tables"));
+        }
+        let mut stmt = conn
+            .prepare("SELECT dir, max(version) FROM migrations GROUP BY dir")
+            .map_err(sqlite_err(&dir.path))?;
+        let versions: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sqlite_err(&dir.path))?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite_err(&dir.path))?;
+        for (name, version) in versions {
+            if let Some((_, known)) = KNOWN_MIGRATIONS.iter().find(|(n, _)| *n == name)
+                && version > *known
+            {
+                return Err(SourceError::TooNew {
+                    path: dir.path.display().to_string(),
+                    what: format!(
+                        "schema `{name}` version {version}; this reader knows up to {known}"
+                    ),
+                });
+            }
+        }
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(&self) -> Result<Connection, SourceError> {
+        let db = self.path.join("chroma.sqlite3");
+        let uri = format!("file:{}?mode=ro", db.display());
+        Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite_err(&self.path))
+    }
+
+    /// Lists the collections of the default tenant and database.
+    pub fn list_sync(&self) -> Result<Vec<CollectionInfo>, SourceError> {
+        let conn = self.connect()?;
+        let mut out = Vec::new();
+        for meta in collections(&conn, &self.path)? {
+            let ctx = CollectionCtx::load(&conn, &self.path, meta)?;
+            out.push(ctx.info()?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn ctx(&self, conn: &Connection, name: &str) -> Result<CollectionCtx, SourceError> {
+        let all = collections(conn, &self.path)?;
+        let names: Vec<String> = all.iter().map(|c| format!("`{}`", c.name)).collect();
+        let Some(meta) = all.into_iter().find(|c| c.name == name) else {
+            return Err(SourceError::NoSuchCollection {
+                name: name.to_string(),
+                source_desc: format!("chroma directory `{}`", self.path.display()),
+                available: if names.is_empty() {
+                    "no collections".into()
+                } else {
+                    names.join(", ")
+                },
+            });
+        };
+        CollectionCtx::load(conn, &self.path, meta)
+    }
+
+    /// Reads a whole collection in batches, calling `sink` for each; stops
+    /// early (without error) when `sink` returns false.
+    pub fn read_sync(
+        &self,
+        name: &str,
+        batch_size: usize,
+        mut sink: impl FnMut(Result<SourceBatch, SourceError>) -> bool,
+    ) {
+        let mut run = || -> Result<(), SourceError> {
+            let conn = self.connect()?;
+            let ctx = self.ctx(&conn, name)?;
+            ctx.read(&conn, batch_size.max(1), &mut |b| sink(Ok(b)))
+        };
+        if let Err(e) = run() {
+            sink(Err(e));
+        }
+    }
+
+    /// The records with the given ids.
+    pub fn get_sync(&self, name: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
+        let conn = self.connect()?;
+        let ctx = self.ctx(&conn, name)?;
+        ctx.get(&conn, ids)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ChromaDir {
+    fn describe(&self) -> String {
+        format!("chroma directory `{}`", self.path.display())
+    }
+
+    async fn list_collections(&self) -> Result<Vec<CollectionInfo>, SourceError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.list_sync())
+            .await
+            .expect("reader thread panicked")
+    }
+
+    fn read(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        // SQLite and pread are blocking: read on a dedicated thread and hand
+        // batches over a channel of two, so at most ~3 batches are alive.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let me = self.clone();
+        let name = collection.to_string();
+        std::thread::spawn(move || {
+            me.read_sync(&name, batch_size, |b| tx.blocking_send(b).is_ok());
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
+    async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
+        let me = self.clone();
+        let name = collection.to_string();
+        let ids = ids.to_vec();
+        tokio::task::spawn_blocking(move || me.get_sync(&name, &ids))
+            .await
+            .expect("reader thread panicked")
+    }
+}
+
+/// A collection row and its segments.
+#[derive(Debug, Clone)]
+struct CollectionMeta {
+    id: String,
+    name: String,
+    dimension: Option<i64>,
+    config_json: Option<String>,
+    schema_json: Option<String>,
+    metadata_segment: String,
+    vector_segment: Option<String>,
+}
+
+fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    stmt.query_map([], |r| r.get::<_, String>(1))?.collect()
+}
+
+fn collections(conn: &Connection, path: &Path) -> Result<Vec<CollectionMeta>, SourceError> {
+    let e = sqlite_err(path);
+    let cols = table_columns(conn, "collections").map_err(&e)?;
+    let pick = |c: &str| {
+        if cols.iter().any(|x| x == c) {
+            format!("c.{c}")
+        } else {
+            "NULL".to_string()
+        }
+    };
+    let sql = format!(
+        "SELECT c.id, c.name, c.dimension, {}, {} FROM collections c \
+         JOIN databases d ON c.database_id = d.id \
+         WHERE d.name = ?1 AND d.tenant_id = ?2 ORDER BY c.name",
+        pick("config_json_str"),
+        pick("schema_str")
+    );
+    let mut stmt = conn.prepare(&sql).map_err(&e)?;
+    type Row = (String, String, Option<i64>, Option<String>, Option<String>);
+    let rows: Vec<Row> = stmt
+        .query_map([DEFAULT_DATABASE, DEFAULT_TENANT], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(&e)?
+        .collect::<Result<_, _>>()
+        .map_err(&e)?;
+    let mut out = Vec::new();
+    for (id, name, dimension, config_json, schema_json) in rows {
+        let mut seg = conn
+            .prepare("SELECT id, scope FROM segments WHERE collection = ?1")
+            .map_err(&e)?;
+        let segs: Vec<(String, String)> = seg
+            .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
+        let metadata_segment = segs
+            .iter()
+            .find(|(_, s)| s == "METADATA")
+            .map(|(i, _)| i.clone());
+        let vector_segment = segs
+            .iter()
+            .find(|(_, s)| s == "VECTOR")
+            .map(|(i, _)| i.clone());
+        let Some(metadata_segment) = metadata_segment else {
+            return Err(SourceError::Corrupt {
+                file: path.join("chroma.sqlite3").display().to_string(),
+                collection: name,
+                reason: "the collection has no metadata segment".into(),
+                hint: "the directory is damaged; restore it from a backup".into(),
+            });
+        };
+        out.push(CollectionMeta {
+            id,
+            name,
+            dimension,
+            config_json,
+            schema_json,
+            metadata_segment,
+            vector_segment,
+        });
+    }
+    Ok(out)
+}
+
+/// A segment's position in the queue: 0.x stores an 8-byte big-endian blob,
+/// 1.x an integer; upgraded databases mix both.
+fn max_seq_id(conn: &Connection, segment: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT seq_id FROM max_seq_id WHERE segment_id = ?1",
+        [segment],
+        |r| {
+            Ok(match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Integer(i) => i,
+                rusqlite::types::ValueRef::Blob(b) => {
+                    let mut buf = [0u8; 8];
+                    let n = b.len().min(8);
+                    buf[8 - n..].copy_from_slice(&b[b.len() - n..]);
+                    i64::from_be_bytes(buf)
+                }
+                _ => 0,
+            })
+        },
+    )
+    .optional()
+}
+
+/// What `index_metadata.pickle` holds (a dict in 1.x, a `PersistentData`
+/// instance in 0.x; serde-pickle reads both as a map).
+#[derive(Debug, Deserialize)]
+struct PersistentData {
+    #[serde(default)]
+    dimensionality: Option<i64>,
+    #[serde(default)]
+    max_seq_id: Option<i64>,
+    #[serde(default)]
+    id_to_label: HashMap<String, i64>,
+}
+
+/// The HNSW files of a vector segment.
+struct Hnsw {
+    data: File,
+    data_path: PathBuf,
+    lengths: Option<File>,
+    size_per_element: u64,
+    offset_data: u64,
+    dim: usize,
+    /// label → slot in `data_level0.bin`.
+    slots: HashMap<u64, u64>,
+    /// id → label, from the pickle.
+    id_to_label: HashMap<String, i64>,
+}
+
+impl Hnsw {
+    fn open(
+        dir: &Path,
+        collection: &str,
+        pickle: PersistentData,
+    ) -> Result<Option<Hnsw>, SourceError> {
+        let corrupt = |file: &Path, reason: String| {
+            SourceError::Corrupt {
+            file: file.display().to_string(),
+            collection: collection.to_string(),
+            reason,
+            hint: "the segment files are incomplete or damaged; restore the directory from a backup, or read the collection through a running Chroma server (`source.chroma.url`)".into(),
+        }
+        };
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| SourceError::Io {
+                path: p.clone(),
+                source,
+            }
+        };
+        let header_path = dir.join("header.bin");
+        if !header_path.exists() {
+            if pickle.id_to_label.is_empty() {
+                return Ok(None);
+            }
+            return Err(corrupt(
+                &header_path,
+                "missing, but `index_metadata.pickle` lists vectors".into(),
+            ));
+        }
+        let header = std::fs::read(&header_path).map_err(io(&header_path))?;
+        if header.len() < 100 {
+            return Err(corrupt(
+                &header_path,
+                format!("{} bytes; an HNSW header has 100", header.len()),
+            ));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
+        let cur_count = u64_at(20);
+        let size_per_element = u64_at(28);
+        let label_offset = u64_at(36);
+        let offset_data = u64_at(44);
+        if label_offset <= offset_data
+            || (label_offset - offset_data) % 4 != 0
+            || size_per_element < label_offset + 8
+        {
+            return Err(corrupt(&header_path, "inconsistent element layout".into()));
+        }
+        let dim = ((label_offset - offset_data) / 4) as usize;
+        if let Some(d) = pickle.dimensionality
+            && d as usize != dim
+            && d > 0
+        {
+            return Err(corrupt(
+                &header_path,
+                format!("dimension {dim} disagrees with `index_metadata.pickle` ({d})"),
+            ));
+        }
+        let data_path = dir.join("data_level0.bin");
+        let data = File::open(&data_path).map_err(io(&data_path))?;
+        let len = data.metadata().map_err(io(&data_path))?.len();
+        if len < cur_count * size_per_element {
+            return Err(corrupt(
+                &data_path,
+                format!(
+                    "truncated: {len} bytes, but the header lists {cur_count} elements of {size_per_element} bytes"
+                ),
+            ));
+        }
+        // Map labels to slots, reading the files in large sequential chunks.
+        let mut slots = HashMap::with_capacity(cur_count as usize);
+        let chunk_elems = (4 << 20) / size_per_element.max(1) + 1;
+        let mut buf = Vec::new();
+        let mut slot = 0u64;
+        while slot < cur_count {
+            let n = chunk_elems.min(cur_count - slot);
+            buf.resize((n * size_per_element) as usize, 0);
+            data.read_exact_at(&mut buf, slot * size_per_element)
+                .map_err(io(&data_path))?;
+            for i in 0..n {
+                let base = (i * size_per_element) as usize;
+                let deleted = buf[base + 2] & 0x01 != 0;
+                if deleted {
+                    continue;
+                }
+                let lo = base + label_offset as usize;
+                let label = u64::from_le_bytes(buf[lo..lo + 8].try_into().expect("8 bytes"));
+                slots.insert(label, slot + i);
+            }
+            slot += n;
+        }
+        let lengths_path = dir.join("length.bin");
+        let lengths = File::open(&lengths_path).ok();
+        Ok(Some(Hnsw {
+            data,
+            data_path,
+            lengths,
+            size_per_element,
+            offset_data,
+            dim,
+            slots,
+            id_to_label: pickle.id_to_label,
+        }))
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.id_to_label
+            .get(id)
+            .is_some_and(|l| self.slots.contains_key(&(*l as u64)))
+    }
+
+    /// The stored vector of `id`, de-normalised for cosine spaces.
+    fn vector(&self, id: &str, cosine: bool, out: &mut Vec<f32>) -> Result<bool, SourceError> {
+        let Some(slot) = self
+            .id_to_label
+            .get(id)
+            .and_then(|l| self.slots.get(&(*l as u64)))
+        else {
+            return Ok(false);
+        };
+        let mut bytes = vec![0u8; self.dim * 4];
+        self.data
+            .read_exact_at(&mut bytes, slot * self.size_per_element + self.offset_data)
+            .map_err(|source| SourceError::Io {
+                path: self.data_path.display().to_string(),
+                source,
+            })?;
+        // Cosine spaces store the unit vector and its norm in length.bin.
+        let scale = if cosine {
+            match &self.lengths {
+                Some(f) => {
+                    let mut b = [0u8; 4];
+                    f.read_exact_at(&mut b, slot * 4)
+                        .map_err(|source| SourceError::Io {
+                            path: "length.bin".into(),
+                            source,
+                        })?;
+                    f32::from_le_bytes(b)
+                }
+                None => 1.0,
+            }
+        } else {
+            1.0
+        };
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale),
+        );
+        Ok(true)
+    }
+}
+
+/// The state of a record's non-vector fields after the queue.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Fields {
+    document: Option<String>,
+    uri: Option<String>,
+    metadata: Metadata,
+}
+
+impl Fields {
+    /// Applies a queue row's metadata JSON: `null` deletes a key.
+    fn merge(&mut self, json: &serde_json::Map<String, serde_json::Value>) {
+        for (k, v) in json {
+            match (k.as_str(), v) {
+                (DOCUMENT_KEY, serde_json::Value::String(s)) => self.document = Some(s.clone()),
+                (DOCUMENT_KEY, _) => self.document = None,
+                (URI_KEY, serde_json::Value::String(s)) => self.uri = Some(s.clone()),
+                (URI_KEY, _) => self.uri = None,
+                (_, v) => match MetaValue::from_json(v) {
+                    Some(mv) => {
+                        self.metadata.insert(k.clone(), mv);
+                    }
+                    None => {
+                        self.metadata.remove(k);
+                    }
+                },
+            }
+        }
+    }
+
+    fn metadata_or_none(&self) -> Option<Metadata> {
+        (!self.metadata.is_empty()).then(|| self.metadata.clone())
+    }
+}
+
+/// A queue row, decoded.
+struct QueueOp {
+    seq: i64,
+    op: i64,
+    id: String,
+    vector: Option<Vec<f32>>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+const OP_ADD: i64 = 0;
+const OP_UPDATE: i64 = 1;
+const OP_UPSERT: i64 = 2;
+const OP_DELETE: i64 = 3;
+
+/// Everything needed to read one collection.
+struct CollectionCtx {
+    meta: CollectionMeta,
+    dir: PathBuf,
+    space: DistanceSpace,
+    dim: Option<usize>,
+    hnsw: Option<Hnsw>,
+    /// Metadata view: ids the queue changed above the metadata segment's
+    /// position. `None` = deleted.
+    fields_overlay: HashMap<String, Option<Fields>>,
+    /// Ids that exist only in the queue, in the order they were added.
+    queue_only: Vec<String>,
+    /// Vector view above the vector segment's position. `None` = deleted.
+    vector_overlay: HashMap<String, Option<Vec<f32>>>,
+    collection_metadata: BTreeMap<String, MetaValue>,
+}
+
+fn typed_value(r: &rusqlite::Row, base: usize) -> rusqlite::Result<Option<MetaValue>> {
+    // Exactly one of string/int/float/bool is set.
+    if let Some(s) = r.get::<_, Option<String>>(base)? {
+        return Ok(Some(MetaValue::Str(s)));
+    }
+    if let Some(i) = r.get::<_, Option<i64>>(base + 1)? {
+        return Ok(Some(MetaValue::Int(i)));
+    }
+    if let Some(f) = r.get::<_, Option<f64>>(base + 2)? {
+        return Ok(Some(MetaValue::Float(f)));
+    }
+    if let Some(b) = r.get::<_, Option<i64>>(base + 3)? {
+        return Ok(Some(MetaValue::Bool(b != 0)));
+    }
+    Ok(None)
+}
+
+impl CollectionCtx {
+    fn load(conn: &Connection, dir: &Path, meta: CollectionMeta) -> Result<Self, SourceError> {
+        let e = sqlite_err(dir);
+        // Collection metadata (and the 0.x space setting).
+        let mut collection_metadata = BTreeMap::new();
+        // 0.4.x has no bool_value column in collection_metadata.
+        let bool_col = if table_columns(conn, "collection_metadata")
+            .map_err(&e)?
+            .iter()
+            .any(|c| c == "bool_value")
+        {
+            "bool_value"
+        } else {
+            "NULL"
+        };
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT key, str_value, int_value, float_value, {bool_col} FROM collection_metadata WHERE collection_id = ?1"
+            ))
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map([&meta.id], |r| {
+                Ok((r.get::<_, String>(0)?, typed_value(r, 1)?))
+            })
+            .map_err(&e)?;
+        for row in rows {
+            let (k, v) = row.map_err(&e)?;
+            if let Some(v) = v {
+                collection_metadata.insert(k, v);
+            }
+        }
+        let mut segment_space = None;
+        if let Some(vs) = &meta.vector_segment {
+            segment_space = conn
+                .query_row(
+                    "SELECT str_value FROM segment_metadata WHERE segment_id = ?1 AND key = 'hnsw:space'",
+                    [vs],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()
+                .map_err(&e)?
+                .flatten();
+        }
+        let space = resolve_space(&collection_metadata, segment_space.as_deref(), &meta);
+        collection_metadata.retain(|k, _| !k.starts_with("hnsw:"));
+
+        // The vector segment's files and position.
+        let mut hnsw = None;
+        let mut vector_seq = 0i64;
+        if let Some(vs) = &meta.vector_segment {
+            let seg_dir = dir.join(vs);
+            let pickle_path = seg_dir.join("index_metadata.pickle");
+            let pickle = if pickle_path.exists() {
+                let bytes = std::fs::read(&pickle_path).map_err(|source| SourceError::Io {
+                    path: pickle_path.display().to_string(),
+                    source,
+                })?;
+                Some(
+                    serde_pickle::from_slice::<PersistentData>(&bytes, Default::default()).map_err(|err| {
+                        SourceError::Corrupt {
+                            file: pickle_path.display().to_string(),
+                            collection: meta.name.clone(),
+                            reason: format!("cannot be read: {err}"),
+                            hint: "the file is damaged or truncated; restore the directory from a backup".into(),
+                        }
+                    })?,
+                )
+            } else {
+                None
+            };
+            vector_seq = max_seq_id(conn, vs)
+                .map_err(&e)?
+                .or(pickle.as_ref().and_then(|p| p.max_seq_id))
+                .unwrap_or(0);
+            if let Some(p) = pickle {
+                hnsw = Hnsw::open(&seg_dir, &meta.name, p)?;
+            }
+        }
+        let metadata_seq = max_seq_id(conn, &meta.metadata_segment)
+            .map_err(&e)?
+            .unwrap_or(0);
+
+        let mut ctx = CollectionCtx {
+            dim: meta.dimension.map(|d| d as usize),
+            meta,
+            dir: dir.to_path_buf(),
+            space,
+            hnsw,
+            fields_overlay: HashMap::new(),
+            queue_only: Vec::new(),
+            vector_overlay: HashMap::new(),
+            collection_metadata,
+        };
+        if let (Some(h), Some(d)) = (&ctx.hnsw, ctx.dim)
+            && h.dim != d
+        {
+            return Err(SourceError::Corrupt {
+                file: dir
+                    .join(ctx.meta.vector_segment.clone().unwrap_or_default())
+                    .join("header.bin")
+                    .display()
+                    .to_string(),
+                collection: ctx.meta.name.clone(),
+                reason: format!(
+                    "vectors have dimension {} but the collection says {d}",
+                    h.dim
+                ),
+                hint: "the directory is inconsistent; restore it from a backup".into(),
+            });
+        }
+        if ctx.dim.is_none() {
+            ctx.dim = ctx.hnsw.as_ref().map(|h| h.dim);
+        }
+        ctx.replay(conn, metadata_seq, vector_seq)?;
+        Ok(ctx)
+    }
+
+    fn corrupt(&self, reason: String) -> SourceError {
+        SourceError::Corrupt {
+            file: self.dir.join("chroma.sqlite3").display().to_string(),
+            collection: self.meta.name.clone(),
+            reason,
+            hint: "the write-ahead queue holds a record this reader cannot use; read the collection through a running Chroma server (`source.chroma.url`)".into(),
+        }
+    }
+
+    /// Reads a record's fields from SQLite (the metadata segment).
+    fn sqlite_fields(
+        &self,
+        conn: &Connection,
+        rowids: &[(i64, String)],
+    ) -> Result<HashMap<i64, Fields>, SourceError> {
+        let e = sqlite_err(&self.dir);
+        let mut out: HashMap<i64, Fields> = rowids
+            .iter()
+            .map(|(r, _)| (*r, Fields::default()))
+            .collect();
+        if rowids.is_empty() {
+            return Ok(out);
+        }
+        for chunk in rowids.chunks(900) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata WHERE id IN ({marks})"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
+            let rows = stmt
+                .query_map(params_from_iter(chunk.iter().map(|(r, _)| *r)), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        typed_value(r, 2)?,
+                    ))
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let (rowid, key, value) = row.map_err(&e)?;
+                let f = out.entry(rowid).or_default();
+                match (key.as_str(), value) {
+                    (DOCUMENT_KEY, Some(MetaValue::Str(s))) => f.document = Some(s),
+                    (URI_KEY, Some(MetaValue::Str(s))) => f.uri = Some(s),
+                    (_, Some(v)) => {
+                        f.metadata.insert(key, v);
+                    }
+                    (_, None) => {}
+                }
+            }
+            if self.has_array_table(conn)? {
+                let sql = format!(
+                    "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata_array WHERE id IN ({marks}) ORDER BY rowid"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
+                let rows = stmt
+                    .query_map(params_from_iter(chunk.iter().map(|(r, _)| *r)), |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            typed_value(r, 2)?,
+                        ))
+                    })
+                    .map_err(&e)?;
+                for row in rows {
+                    let (rowid, key, value) = row.map_err(&e)?;
+                    let f = out.entry(rowid).or_default();
+                    let entry = f
+                        .metadata
+                        .entry(key)
+                        .or_insert_with(|| MetaValue::List(Vec::new()));
+                    if let (MetaValue::List(items), Some(v)) = (entry, value) {
+                        items.push(v);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn has_array_table(&self, conn: &Connection) -> Result<bool, SourceError> {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='embedding_metadata_array'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(sqlite_err(&self.dir))
+    }
+
+    fn sqlite_rowid(&self, conn: &Connection, id: &str) -> Result<Option<i64>, SourceError> {
+        conn.prepare_cached("SELECT id FROM embeddings WHERE segment_id = ?1 AND embedding_id = ?2")
+            .and_then(|mut s| {
+                s.query_row([&self.meta.metadata_segment, id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(sqlite_err(&self.dir))
+    }
+
+    /// Replays the queue rows above each segment's position.
+    fn replay(
+        &mut self,
+        conn: &Connection,
+        metadata_seq: i64,
+        vector_seq: i64,
+    ) -> Result<(), SourceError> {
+        let dir = self.dir.clone();
+        let e = sqlite_err(&dir);
+        let from = metadata_seq.min(vector_seq);
+        let has_queue: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='embeddings_queue'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        if has_queue == 0 {
+            return Ok(());
+        }
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq_id, operation, id, vector, encoding, metadata FROM embeddings_queue \
+                 WHERE topic LIKE '%/' || ?1 AND seq_id > ?2 ORDER BY seq_id",
+            )
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map(rusqlite::params![self.meta.id, from], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(&e)?;
+        let mut ops = Vec::new();
+        for row in rows {
+            let (seq, op, id, vector, encoding, metadata) = row.map_err(&e)?;
+            let vector = match vector {
+                None => None,
+                Some(bytes) => {
+                    if encoding
+                        .as_deref()
+                        .is_some_and(|enc| !enc.eq_ignore_ascii_case("FLOAT32"))
+                    {
+                        return Err(self.corrupt(format!(
+                            "queue row {seq} (id `{id}`) has vector encoding `{}`; only FLOAT32 is supported",
+                            encoding.unwrap_or_default()
+                        )));
+                    }
+                    if bytes.len() % 4 != 0 {
+                        return Err(self.corrupt(format!(
+                            "queue row {seq} (id `{id}`) has a truncated vector"
+                        )));
+                    }
+                    Some(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                            .collect::<Vec<f32>>(),
+                    )
+                }
+            };
+            let metadata = match metadata {
+                None => None,
+                Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(serde_json::Value::Object(m)) => Some(m),
+                    Ok(serde_json::Value::Null) => None,
+                    _ => {
+                        return Err(self.corrupt(format!(
+                            "queue row {seq} (id `{id}`) has unreadable metadata"
+                        )));
+                    }
+                },
+            };
+            ops.push(QueueOp {
+                seq,
+                op,
+                id,
+                vector,
+                metadata,
+            });
+        }
+
+        for op in &ops {
+            if let Some(v) = &op.vector {
+                match self.dim {
+                    None => self.dim = Some(v.len()),
+                    Some(d) if d != v.len() => {
+                        return Err(self.corrupt(format!(
+                            "queue row {} (id `{}`) has a vector of dimension {}, the collection has {d}",
+                            op.seq,
+                            op.id,
+                            v.len()
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            if op.seq > metadata_seq {
+                self.apply_fields(conn, op)?;
+            }
+            if op.seq > vector_seq {
+                self.apply_vector(op);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current fields of `id` in the metadata view, if it exists.
+    fn current_fields(&self, conn: &Connection, id: &str) -> Result<Option<Fields>, SourceError> {
+        if let Some(state) = self.fields_overlay.get(id) {
+            return Ok(state.clone());
+        }
+        match self.sqlite_rowid(conn, id)? {
+            None => Ok(None),
+            Some(rowid) => Ok(self
+                .sqlite_fields(conn, &[(rowid, id.to_string())])?
+                .remove(&rowid)),
+        }
+    }
+
+    fn apply_fields(&mut self, conn: &Connection, op: &QueueOp) -> Result<(), SourceError> {
+        let current = self.current_fields(conn, &op.id)?;
+        let new_state = match (op.op, current) {
+            (OP_DELETE, _) => None,
+            (OP_ADD | OP_UPSERT, None) => {
+                let mut f = Fields::default();
+                if let Some(m) = &op.metadata {
+                    f.merge(m);
+                }
+                if !self.queue_only.contains(&op.id) && self.sqlite_rowid(conn, &op.id)?.is_none() {
+                    self.queue_only.push(op.id.clone());
+                }
+                Some(f)
+            }
+            (OP_UPDATE | OP_UPSERT, Some(mut f)) => {
+                if let Some(m) = &op.metadata {
+                    f.merge(m);
+                }
+                Some(f)
+            }
+            // Chroma ignores an ADD of an existing id and an UPDATE of a
+            // missing one (with a warning); so do we.
+            _ => return Ok(()),
+        };
+        self.fields_overlay.insert(op.id.clone(), new_state);
+        Ok(())
+    }
+
+    fn vector_exists(&self, id: &str) -> bool {
+        match self.vector_overlay.get(id) {
+            Some(state) => state.is_some(),
+            None => self.hnsw.as_ref().is_some_and(|h| h.contains(id)),
+        }
+    }
+
+    fn apply_vector(&mut self, op: &QueueOp) {
+        let exists = self.vector_exists(&op.id);
+        match op.op {
+            OP_ADD if !exists => {
+                if let Some(v) = &op.vector {
+                    self.vector_overlay.insert(op.id.clone(), Some(v.clone()));
+                }
+            }
+            OP_UPDATE | OP_UPSERT if exists || op.op == OP_UPSERT => {
+                if let Some(v) = &op.vector {
+                    self.vector_overlay.insert(op.id.clone(), Some(v.clone()));
+                }
+            }
+            OP_DELETE => {
+                self.vector_overlay.insert(op.id.clone(), None);
+            }
+            _ => {}
+        }
+    }
+
+    fn info(&self) -> Result<CollectionInfo, SourceError> {
+        Ok(CollectionInfo {
+            name: self.meta.name.clone(),
+            id: self.meta.id.clone(),
+            count: self.count_with(None)?,
+            dimension: self.dim.map(|d| d as u32),
+            space: self.space,
+            metadata: self.collection_metadata.clone(),
+        })
+    }
+
+    /// Live records: the metadata segment's rows, adjusted by the replay.
+    fn count_with(&self, conn: Option<&Connection>) -> Result<u64, SourceError> {
+        let owned;
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                owned = ChromaDir {
+                    path: self.dir.clone(),
+                }
+                .connect()?;
+                &owned
+            }
+        };
+        let base: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM embeddings WHERE segment_id = ?1",
+                [&self.meta.metadata_segment],
+                |r| r.get(0),
+            )
+            .map_err(sqlite_err(&self.dir))?;
+        let mut count = base;
+        for (id, state) in &self.fields_overlay {
+            let in_sqlite = self.sqlite_rowid(conn, id)?.is_some();
+            match (in_sqlite, state.is_some()) {
+                (true, false) => count -= 1,
+                (false, true) => count += 1,
+                _ => {}
+            }
+        }
+        Ok(count.max(0) as u64)
+    }
+
+    fn record(&self, id: &str, fields: Fields) -> Result<Record, SourceError> {
+        let cosine = self.space == DistanceSpace::Cosine;
+        let mut embedding = Vec::with_capacity(self.dim.unwrap_or(0));
+        match self.vector_overlay.get(id) {
+            Some(Some(v)) => embedding.extend_from_slice(v),
+            Some(None) => {
+                return Err(
+                    self.corrupt(format!("record `{id}` exists but its vector was deleted"))
+                );
+            }
+            None => {
+                let found = match &self.hnsw {
+                    Some(h) => h.vector(id, cosine, &mut embedding)?,
+                    None => false,
+                };
+                if !found {
+                    return Err(self.corrupt(format!(
+                        "record `{id}` has no vector in the HNSW files or the queue"
+                    )));
+                }
+            }
+        }
+        Ok(Record {
+            id: id.to_string(),
+            metadata: fields.metadata_or_none(),
+            document: fields.document,
+            uri: fields.uri,
+            embedding,
+        })
+    }
+
+    fn read(
+        &self,
+        conn: &Connection,
+        batch_size: usize,
+        sink: &mut dyn FnMut(SourceBatch) -> bool,
+    ) -> Result<(), SourceError> {
+        let e = sqlite_err(&self.dir);
+        let dim = self.dim.unwrap_or(0);
+        let mut batch = SourceBatch::with_capacity(batch_size, dim);
+        let mut last = i64::MIN;
+        let mut emitted: HashSet<String> = HashSet::new();
+        loop {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, embedding_id FROM embeddings WHERE segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(&e)?;
+            let page: Vec<(i64, String)> = stmt
+                .query_map(
+                    rusqlite::params![self.meta.metadata_segment, last, batch_size as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(&e)?
+                .collect::<Result<_, _>>()
+                .map_err(&e)?;
+            let Some((l, _)) = page.last() else { break };
+            last = *l;
+            let needs_sqlite: Vec<(i64, String)> = page
+                .iter()
+                .filter(|(_, id)| !self.fields_overlay.contains_key(id))
+                .cloned()
+                .collect();
+            let mut fields = self.sqlite_fields(conn, &needs_sqlite)?;
+            for (rowid, id) in page {
+                let f = match self.fields_overlay.get(&id) {
+                    Some(None) => continue,
+                    Some(Some(f)) => f.clone(),
+                    None => fields.remove(&rowid).unwrap_or_default(),
+                };
+                batch.push(self.record(&id, f)?);
+                emitted.insert(id);
+                if batch.len() >= batch_size {
+                    let full =
+                        std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
+                    if !sink(full) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        for id in &self.queue_only {
+            if emitted.contains(id) {
+                continue;
+            }
+            if let Some(Some(f)) = self.fields_overlay.get(id) {
+                batch.push(self.record(id, f.clone())?);
+                if batch.len() >= batch_size {
+                    let full =
+                        std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
+                    if !sink(full) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            sink(batch);
+        }
+        Ok(())
+    }
+
+    fn get(&self, conn: &Connection, ids: &[String]) -> Result<SourceBatch, SourceError> {
+        let mut batch = SourceBatch::with_capacity(ids.len(), self.dim.unwrap_or(0));
+        for id in ids {
+            if let Some(f) = self.current_fields(conn, id)? {
+                batch.push(self.record(id, f)?);
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// The distance space, by the rules of `chroma-format.md`: `hnsw:space`
+/// metadata wins (0.5/0.6 configs can say `l2` for a cosine collection),
+/// then the 1.3+ schema, then the 1.0–1.2 configuration, then `l2`.
+fn resolve_space(
+    collection_metadata: &BTreeMap<String, MetaValue>,
+    segment_space: Option<&str>,
+    meta: &CollectionMeta,
+) -> DistanceSpace {
+    let parse = |s: &str| match s {
+        "cosine" => Some(DistanceSpace::Cosine),
+        "ip" => Some(DistanceSpace::Ip),
+        "l2" => Some(DistanceSpace::L2),
+        _ => None,
+    };
+    if let Some(MetaValue::Str(s)) = collection_metadata.get("hnsw:space")
+        && let Some(sp) = parse(s)
+    {
+        return sp;
+    }
+    if let Some(sp) = segment_space.and_then(parse) {
+        return sp;
+    }
+    if let Some(schema) = meta
+        .schema_json
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+    {
+        let keyed = schema.pointer("/keys/#embedding/float_list/vector_index/config/space");
+        let default = schema.pointer("/defaults/float_list/vector_index/config/space");
+        if let Some(sp) = keyed.or(default).and_then(|v| v.as_str()).and_then(parse) {
+            return sp;
+        }
+    }
+    if let Some(config) = meta
+        .config_json
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        && let Some(sp) = config
+            .pointer("/vector_index/hnsw/space")
+            .or_else(|| config.pointer("/hnsw/space"))
+            .and_then(|v| v.as_str())
+            .and_then(parse)
+    {
+        return sp;
+    }
+    DistanceSpace::L2
+}

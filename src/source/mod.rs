@@ -1,0 +1,113 @@
+//! Sources: where records come from, behind one interface.
+//!
+//! Every source (a Chroma persistent directory read directly, a Chroma server
+//! over HTTP, JSON Lines files) lists its collections and streams a
+//! collection as [`SourceBatch`]es whose size is bounded by the requested
+//! batch size, never by the collection size. The copy step, the verifier,
+//! `inspect` and `export` all read through this interface, so a fact about
+//! Chroma is encoded in exactly one place.
+
+pub mod chroma_dir;
+pub mod record;
+
+use std::collections::BTreeMap;
+
+use futures::stream::BoxStream;
+use serde::Serialize;
+
+pub use record::{MetaValue, Metadata, SourceBatch};
+
+use crate::plan::DistanceSpace;
+
+/// What a source knows about one collection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub id: String,
+    /// Live records.
+    pub count: u64,
+    /// `None` until the first vector is written.
+    pub dimension: Option<u32>,
+    pub space: DistanceSpace,
+    /// The collection's own metadata (without `hnsw:*` settings).
+    pub metadata: BTreeMap<String, MetaValue>,
+}
+
+/// Errors from reading a source. Each names the source and ends with a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "`{path}` is not a Chroma persistent directory: {reason}\nhint: point `source.chroma.path` at the directory that holds `chroma.sqlite3` (what `chromadb.PersistentClient(path=...)` was given)"
+    )]
+    NotChroma { path: String, reason: String },
+    #[error(
+        "`{path}` was written by a newer Chroma ({what}) than this lanceferry reads\nhint: upgrade lanceferry, or export the collection with that Chroma version over HTTP (`source.chroma.url`)"
+    )]
+    TooNew { path: String, what: String },
+    #[error(
+        "collection `{name}` does not exist in {source_desc}; it has: {available}\nhint: fix `source:` in the plan; `lanceferry inspect` lists the collections"
+    )]
+    NoSuchCollection {
+        name: String,
+        source_desc: String,
+        available: String,
+    },
+    #[error("{file}: {reason} (collection `{collection}`)\nhint: {hint}")]
+    Corrupt {
+        file: String,
+        collection: String,
+        reason: String,
+        hint: String,
+    },
+    #[error("cannot read `{path}`: {source}\nhint: check that the path exists and is readable")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "SQLite error reading `{path}`: {source}\nhint: the directory must not be written while lanceferry reads it; stop the application or copy the directory first"
+    )]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// A readable store of collections.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// A short description for messages (never containing secrets).
+    fn describe(&self) -> String;
+
+    /// Every collection, sorted by name.
+    async fn list_collections(&self) -> Result<Vec<CollectionInfo>, SourceError>;
+
+    /// One collection by name; the error lists the ones that exist.
+    async fn collection(&self, name: &str) -> Result<CollectionInfo, SourceError> {
+        let all = self.list_collections().await?;
+        let names: Vec<String> = all.iter().map(|c| format!("`{}`", c.name)).collect();
+        all.into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| SourceError::NoSuchCollection {
+                name: name.to_string(),
+                source_desc: self.describe(),
+                available: if names.is_empty() {
+                    "no collections".into()
+                } else {
+                    names.join(", ")
+                },
+            })
+    }
+
+    /// Streams every live record of a collection in batches of at most `batch_size`.
+    fn read(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>>;
+
+    /// The records with the given ids (absent ids are left out).
+    async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError>;
+}
