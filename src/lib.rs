@@ -4,7 +4,13 @@
 //! checked [`plan::Plan`] → [`graph::StepGraph`] → executor. The CLI in
 //! [`cli`] is a thin layer over these modules.
 
+pub mod backup;
 pub mod cli;
+pub mod engine;
 pub mod graph;
 pub mod plan;
 pub mod source;
+pub mod state;
+pub mod target;
+pub mod transform;
+pub mod verify;

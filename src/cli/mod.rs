@@ -6,6 +6,7 @@
 //! "`plan` found changes" (`--detailed-exitcode`).
 
 mod output;
+mod progress;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,47 @@ enum Command {
     },
     /// Print the plan format's JSON Schema (the content of schemas/plan.schema.json).
     Schema,
+    /// Execute the plan: back up, copy, index, validate, report; resumes an interrupted apply.
+    Apply {
+        /// The plan file.
+        plan: PathBuf,
+        /// Do not ask for confirmation (for CI and scripts).
+        #[arg(long)]
+        auto_approve: bool,
+        /// Stop all work at the first failed step (default: let independent collections finish).
+        #[arg(long)]
+        fail_fast: bool,
+        /// Seconds to wait for another apply of the same plan to release its lock.
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        lock_timeout: u64,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo an apply: restore changed tables to their recorded version, drop created ones.
+    Rollback {
+        /// The plan file.
+        plan: PathBuf,
+        /// The apply to roll back (default: the latest).
+        #[arg(long, value_name = "ID")]
+        apply: Option<String>,
+        /// Roll back even if tables were written after the apply.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Seconds to wait for a running apply to release its lock.
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        lock_timeout: u64,
+    },
+    /// Break the lock left by apply ID (when its process is gone for good).
+    Unlock {
+        /// The plan file.
+        plan: PathBuf,
+        /// The apply id named in the lock error.
+        id: String,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -96,6 +138,32 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Asks on a terminal; refuses without one unless `--auto-approve`.
+fn confirm(auto_approve: bool, what: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    if auto_approve {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to {what} without confirmation: no terminal to ask on\nhint: pass `--auto-approve` to run non-interactively (CI, scripts)"
+        );
+    }
+    eprint!("{what}\nDo you want to continue? Only `yes` is accepted: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        anyhow::bail!("cancelled; nothing was changed\nhint: answer `yes` to proceed");
+    }
+    Ok(())
 }
 
 fn init_tracing(verbose: u8) {
@@ -152,6 +220,93 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             let plan = load(plan, &cli.global, out)?;
             let graph = StepGraph::compile(&plan);
             stdout.write_all(output::check_summary(&plan, &graph).as_bytes())?;
+        }
+        Command::Apply {
+            plan,
+            auto_approve,
+            fail_fast,
+            lock_timeout,
+            json,
+        } => {
+            let plan = load(plan, &cli.global, out)?;
+            confirm(
+                *auto_approve,
+                &format!(
+                    "apply plan `{}`: {} collection(s) from {} into lancedb `{}`",
+                    plan.name,
+                    plan.collections.len(),
+                    plan.source.describe(),
+                    plan.target.uri
+                ),
+            )?;
+            let progress = std::sync::Arc::new(progress::Progress::new(out.stderr_is_terminal()));
+            let summary = runtime()?.block_on(crate::engine::apply(
+                plan,
+                crate::engine::ApplyOptions {
+                    fail_fast: *fail_fast,
+                    lock_timeout: std::time::Duration::from_secs(*lock_timeout),
+                    progress,
+                },
+            ))?;
+            if *json {
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+            } else {
+                stdout.write_all(output::apply_summary(&summary).as_bytes())?;
+            }
+            return Ok(if summary.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        Command::Rollback {
+            plan,
+            apply,
+            force,
+            auto_approve,
+            lock_timeout,
+        } => {
+            let plan = load(plan, &cli.global, out)?;
+            confirm(
+                *auto_approve,
+                &format!(
+                    "roll back {} of plan `{}` in lancedb `{}`",
+                    apply
+                        .as_deref()
+                        .map(|a| format!("apply `{a}`"))
+                        .unwrap_or_else(|| "the latest apply".into()),
+                    plan.name,
+                    plan.target.uri
+                ),
+            )?;
+            let summary = runtime()?.block_on(crate::engine::rollback::rollback(
+                &plan,
+                apply.as_deref(),
+                *force,
+                std::time::Duration::from_secs(*lock_timeout),
+            ))?;
+            if summary.already {
+                writeln!(
+                    stdout,
+                    "apply `{}` was already rolled back; nothing to do",
+                    summary.apply_id
+                )?;
+            } else {
+                writeln!(stdout, "rolled back apply `{}`:", summary.apply_id)?;
+                for (t, what) in &summary.tables {
+                    writeln!(stdout, "  `{t}`: {what}")?;
+                }
+            }
+        }
+        Command::Unlock { plan, id } => {
+            let plan = load(plan, &cli.global, out)?;
+            let store = crate::state::StateStore::new(&plan.state_dir, &plan.name);
+            let h = store.unlock(id)?;
+            writeln!(
+                stdout,
+                "released the lock of apply `{}` (pid {} on `{}`)",
+                h.apply_id, h.pid, h.host
+            )?;
         }
         Command::Graph { plan, format } => {
             let plan = load(plan, &cli.global, out)?;

@@ -32,6 +32,10 @@ impl Output {
         Output { color }
     }
 
+    pub fn stderr_is_terminal(&self) -> bool {
+        std::io::stderr().is_terminal()
+    }
+
     pub fn diagnostics(&self, d: &PlanDiagnostics) {
         eprint!("{}", d.render(self.color));
     }
@@ -155,4 +159,37 @@ pub fn check_json(
         }
         Err(e) => return Err(e.into()),
     })
+}
+
+/// The short human summary of an apply.
+pub fn apply_summary(s: &crate::engine::ApplySummary) -> String {
+    if s.nothing_to_do {
+        return format!(
+            "nothing to do: apply `{}` already brought the target up to date with this plan and the source has not changed\n",
+            s.apply_id
+        );
+    }
+    let mut out = format!(
+        "apply `{}` {}{}\n",
+        s.apply_id,
+        if s.ok() { "completed" } else { "failed" },
+        if s.resumed { " (resumed)" } else { "" }
+    );
+    out.push_str(&format!("  done: {} step(s)\n", s.done.len()));
+    for (id, msg) in &s.failed {
+        out.push_str(&format!("  failed: {id}: {msg}\n"));
+    }
+    if !s.not_started.is_empty() {
+        out.push_str(&format!("  not started: {}\n", s.not_started.join(", ")));
+    }
+    for w in &s.warnings {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
+    if let Some(r) = &s.report {
+        out.push_str(&format!("  report: {}\n", r.display()));
+    }
+    if !s.ok() {
+        out.push_str("hint: fix the cause above and run `lanceferry apply` again to resume, or `lanceferry rollback` to undo\n");
+    }
+    out
 }

@@ -8,7 +8,10 @@
 //! Chroma is encoded in exactly one place.
 
 pub mod chroma_dir;
+mod open;
 pub mod record;
+
+pub use open::open;
 
 use std::collections::BTreeMap;
 
@@ -59,6 +62,10 @@ pub enum SourceError {
         reason: String,
         hint: String,
     },
+    #[error(
+        "this lanceferry cannot read {what} yet; it reads Chroma persistent directories\nhint: set `source.chroma.path` to the Chroma directory (stop the application, or copy the directory first)"
+    )]
+    Unsupported { what: String },
     #[error("cannot read `{path}`: {source}\nhint: check that the path exists and is readable")]
     Io {
         path: String,

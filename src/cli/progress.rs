@@ -1,0 +1,86 @@
+//! Copy progress on stderr: bars on a terminal, plain lines otherwise.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::engine::CopyProgress;
+
+#[derive(Debug)]
+pub struct Progress {
+    bars: Option<MultiProgress>,
+    tables: Mutex<HashMap<String, (ProgressBar, Instant, u64)>>,
+}
+
+impl Progress {
+    pub fn new(terminal: bool) -> Self {
+        Progress {
+            bars: terminal.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            tables: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl CopyProgress for Progress {
+    fn start(&self, table: &str, total: u64, already: u64) {
+        let bar = match &self.bars {
+            Some(m) => {
+                let b = m.add(ProgressBar::new(total));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>20} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                b.set_prefix(table.to_string());
+                b.set_position(already);
+                b
+            }
+            None => {
+                eprintln!(
+                    "copy `{table}`: {total} records in the source{}",
+                    if already > 0 {
+                        format!(", {already} already committed")
+                    } else {
+                        String::new()
+                    }
+                );
+                ProgressBar::hidden()
+            }
+        };
+        self.tables
+            .lock()
+            .expect("progress lock")
+            .insert(table.to_string(), (bar, Instant::now(), 0));
+    }
+
+    fn advance(&self, table: &str, rows: u64) {
+        if let Some((bar, _, n)) = self.tables.lock().expect("progress lock").get_mut(table) {
+            bar.inc(rows);
+            *n += rows;
+        }
+    }
+
+    fn finish(&self, table: &str) {
+        if let Some((bar, started, n)) = self.tables.lock().expect("progress lock").remove(table) {
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "copy `{table}`: {n} rows written in {secs:.1}s ({:.0} rows/s)",
+                n as f64 / secs.max(1e-9)
+            );
+        }
+    }
+
+    fn message(&self, text: &str) {
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+}

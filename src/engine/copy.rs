@@ -1,0 +1,271 @@
+//! The copy step: source batches → transform → streamed Lance commits,
+//! one commit (and one state checkpoint) per `checkpoint_rows` rows.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
+
+use super::Ctx;
+use crate::plan::{Collection, Mode};
+use crate::target::{Commit, TableVersion};
+use crate::transform::Transformer;
+
+/// Where copy progress is shown (progress bars, log lines, or nothing).
+pub trait CopyProgress: Send + Sync + std::fmt::Debug {
+    fn start(&self, table: &str, total: u64, already: u64);
+    fn advance(&self, table: &str, rows: u64);
+    fn finish(&self, table: &str);
+    fn message(&self, text: &str);
+}
+
+/// Rows an upsert commit holds in memory at most (merge_insert reads a
+/// synchronous reader, so its input is buffered).
+const UPSERT_BUFFER_BYTES: usize = 128 << 20;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
+    let step = format!("copy:{}", c.table);
+    let table = c.table.as_str();
+    let info = ctx.source.collection(&c.source).await.map_err(err)?;
+    let vector = c.vector_column();
+    let dim = match (vector.dim, info.dimension) {
+        (Some(d), _) => d as usize,
+        (None, Some(d)) => d as usize,
+        (None, None) => {
+            return Err(format!(
+                "collection `{}` has no vectors yet, so its dimension is unknown\nhint: set `dim:` on the `{}` column in the plan",
+                c.source, vector.name
+            ));
+        }
+    };
+    let transformer = Transformer::new(c, dim);
+    let schema = transformer.schema();
+    let snap = ctx.record(&format!("snapshot:{table}")).await;
+    let before = snap.version_before;
+    let now = ctx.target.version(table).await.map_err(err)?;
+
+    // Where this copy stands: rows already committed by this apply, and how
+    // the next commit writes.
+    let (mut written, mut how) = match c.mode {
+        Mode::Create => match (before, now) {
+            (Some(_), _) => {
+                return Err(format!(
+                    "table `{table}` already exists and the mode is `create`\nhint: use `mode: replace` (rollback can restore the old table) or `append`, or choose another `table:`"
+                ));
+            }
+            (None, None) => (0, Commit::Create),
+            (None, Some(v)) => (v.rows, Commit::Append),
+        },
+        Mode::Replace => match (before, now) {
+            (_, None) => (0, Commit::Create),
+            (Some(b), Some(v)) if v.version == b.version => (0, Commit::Overwrite),
+            (_, Some(v)) => (v.rows, Commit::Append),
+        },
+        Mode::Append => match now {
+            None => (0, Commit::Create),
+            Some(v) => (
+                v.rows - before.map(|b| b.rows).unwrap_or(0).min(v.rows),
+                Commit::Append,
+            ),
+        },
+        Mode::Upsert => {
+            if now.is_none() {
+                ctx.target
+                    .create_empty(table, schema.clone())
+                    .await
+                    .map_err(err)?;
+            }
+            (0, Commit::Append)
+        }
+    };
+    let resumed_at = written;
+    ctx.update(&step, |r| {
+        r.source_count = Some(info.count);
+        r.cursor = written;
+    })
+    .await
+    .map_err(err)?;
+    ctx.progress.start(table, info.count, written);
+
+    let mut skip = written;
+    let mut skipped_ids: HashSet<String> = HashSet::new();
+    let mut source = ctx.source.read(&c.source, c.batch_size as usize);
+    let checkpoint = ctx.plan.checkpoint_rows.max(1);
+    // Transformed batches not yet sent to a commit.
+    let mut next: Option<RecordBatch> = None;
+    let mut exhausted = false;
+
+    loop {
+        let first = match next.take() {
+            Some(b) => Some(b),
+            None if exhausted => None,
+            None => pull_result(&mut source, &transformer, &mut skip, &mut skipped_ids).await?,
+        };
+        let Some(first) = first else { break };
+
+        if c.mode == Mode::Upsert {
+            let key = c.id_column().expect("checked").name.clone();
+            let mut buf = vec![first];
+            let mut rows: u64 = buf[0].num_rows() as u64;
+            let mut bytes = buf[0].get_array_memory_size();
+            while rows < checkpoint && bytes < UPSERT_BUFFER_BYTES {
+                match pull_result(&mut source, &transformer, &mut skip, &mut skipped_ids).await? {
+                    Some(b) => {
+                        rows += b.num_rows() as u64;
+                        bytes += b.get_array_memory_size();
+                        buf.push(b);
+                    }
+                    None => {
+                        exhausted = true;
+                        break;
+                    }
+                }
+            }
+            let v = ctx
+                .target
+                .upsert(table, schema.clone(), buf, &key)
+                .await
+                .map_err(err)?;
+            written += rows;
+            checkpoint_saved(ctx, &step, written, v).await?;
+            ctx.progress.advance(table, rows);
+            continue;
+        }
+
+        // One streamed commit: the writer consumes batches while we read.
+        let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let target = ctx.target.clone();
+        let name = table.to_string();
+        let sch = schema.clone();
+        let kind = how;
+        let writer = tokio::spawn(async move {
+            target
+                .commit(
+                    &name,
+                    sch,
+                    tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+                    kind,
+                )
+                .await
+        });
+        let mut in_commit = 0u64;
+        let mut batch = Some(first);
+        let mut failure = None;
+        while let Some(b) = batch.take() {
+            let n = b.num_rows() as u64;
+            if tx.send(b).await.is_err() {
+                break; // the writer stopped; its error is reported below
+            }
+            in_commit += n;
+            ctx.progress.advance(table, n);
+            if in_commit >= checkpoint {
+                break;
+            }
+            // A transform error must not reach the commit: abort it, so
+            // nothing of this batch (or this commit) is written.
+            match pull_result(&mut source, &transformer, &mut skip, &mut skipped_ids).await {
+                Ok(Some(b)) => batch = Some(b),
+                Ok(None) => exhausted = true,
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            writer.abort();
+            return Err(e);
+        }
+        drop(tx);
+        let v = writer.await.map_err(err)?.map_err(err)?;
+        written += in_commit;
+        how = Commit::Append;
+        checkpoint_saved(ctx, &step, written, v).await?;
+    }
+
+    if written == 0 && ctx.target.version(table).await.map_err(err)?.is_none() {
+        // An empty collection still becomes a table, with the planned schema.
+        ctx.target
+            .create_empty(table, schema.clone())
+            .await
+            .map_err(err)?;
+    }
+    let after = ctx.target.version(table).await.map_err(err)?;
+    let skipped = skipped_ids.len() as u64;
+    ctx.skipped
+        .lock()
+        .expect("skipped lock")
+        .insert(table.to_string(), skipped_ids);
+    ctx.progress.finish(table);
+    let final_info = ctx.source.collection(&c.source).await.map_err(err)?;
+    if final_info.count != info.count {
+        ctx.warn(format!(
+            "collection `{}` changed during the copy ({} records at the start, {} at the end); re-run apply when writes have stopped",
+            c.source, info.count, final_info.count
+        ));
+    }
+    if resumed_at > 0 {
+        ctx.progress.message(&format!(
+            "copy `{table}`: resumed after {resumed_at} rows already committed"
+        ));
+    }
+    ctx.update(&step, |r| {
+        r.rows = written;
+        r.cursor = written;
+        r.skipped = skipped;
+        r.version_after = after;
+    })
+    .await
+    .map_err(err)
+}
+
+/// The next transformed batch, with rows already committed skipped.
+async fn pull_result(
+    source: &mut futures::stream::BoxStream<
+        'static,
+        Result<crate::source::SourceBatch, crate::source::SourceError>,
+    >,
+    transformer: &Transformer,
+    skip: &mut u64,
+    skipped_ids: &mut HashSet<String>,
+) -> Result<Option<RecordBatch>, String> {
+    loop {
+        let Some(b) = source.try_next().await.map_err(err)? else {
+            return Ok(None);
+        };
+        let t = transformer.transform(&b).map_err(err)?;
+        for s in &t.skipped {
+            skipped_ids.insert(s.id.clone());
+        }
+        let mut batch = t.batch;
+        if *skip > 0 {
+            let n = (*skip as usize).min(batch.num_rows());
+            *skip -= n as u64;
+            batch = batch.slice(n, batch.num_rows() - n);
+        }
+        if batch.num_rows() > 0 {
+            return Ok(Some(batch));
+        }
+    }
+}
+
+async fn checkpoint_saved(
+    ctx: &Arc<Ctx>,
+    step: &str,
+    written: u64,
+    v: TableVersion,
+) -> Result<(), String> {
+    tracing::info!(
+        "{step}: checkpoint at {written} rows (table version {})",
+        v.version
+    );
+    ctx.update(step, |r| {
+        r.cursor = written;
+        r.rows = written;
+        r.version_after = Some(v);
+    })
+    .await
+    .map_err(err)
+}

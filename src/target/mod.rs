@@ -1,0 +1,361 @@
+//! The LanceDB target: tables, versions, tags, writes and indexes.
+//!
+//! Everything apply and rollback do to LanceDB goes through here. Writes are
+//! streamed: a commit consumes a stream of Arrow batches fed by the copy
+//! step, so a commit of a million rows never holds them all in memory (a
+//! Lance `add` is one new table version, whatever its size). Rollback uses
+//! Lance's own versioning: a table's version before the apply is recorded
+//! and tagged, and restored from there.
+
+use arrow_array::{RecordBatch, RecordBatchIterator};
+use arrow_schema::SchemaRef;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use lancedb::DistanceType;
+use lancedb::arrow::{SendableRecordBatchStream, SimpleRecordBatchStream};
+use lancedb::index::Index as LanceIndex;
+use lancedb::index::scalar::{
+    BTreeIndexBuilder, BitmapIndexBuilder, FtsIndexBuilder, LabelListIndexBuilder,
+};
+use lancedb::index::vector::{
+    IvfFlatIndexBuilder, IvfHnswPqIndexBuilder, IvfHnswSqIndexBuilder, IvfPqIndexBuilder,
+};
+use lancedb::table::AddDataMode;
+
+use crate::plan::{DistanceSpace, Index, IndexType, Metric, Target};
+
+/// Rows below which a vector index is not built (PQ training needs 256).
+pub const MIN_ROWS_FOR_VECTOR_INDEX: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("LanceDB at `{uri}`: {action} failed: {source}\nhint: {hint}")]
+    Lance {
+        uri: String,
+        action: String,
+        hint: String,
+        #[source]
+        source: lancedb::Error,
+    },
+}
+
+/// A connected LanceDB database.
+#[derive(Clone)]
+pub struct LanceTarget {
+    conn: lancedb::Connection,
+    uri: String,
+}
+
+/// How a commit writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Create the table with these rows.
+    Create,
+    /// Replace the table's rows.
+    Overwrite,
+    /// Add rows.
+    Append,
+}
+
+/// A table's state at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableVersion {
+    pub version: u64,
+    pub rows: u64,
+}
+
+/// What happened to an index request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexOutcome {
+    Built,
+    Skipped(String),
+}
+
+impl LanceTarget {
+    pub async fn connect(target: &Target) -> Result<Self, TargetError> {
+        let mut builder = lancedb::connect(&target.uri);
+        for (k, v) in &target.storage_options {
+            builder = builder.storage_option(k, v);
+        }
+        let conn = builder.execute().await.map_err(|source| TargetError::Lance {
+            uri: target.uri.clone(),
+            action: "connecting".into(),
+            hint: "check `target.lancedb.uri` (a directory such as `./lancedb`) and its permissions".into(),
+            source,
+        })?;
+        Ok(LanceTarget {
+            conn,
+            uri: target.uri.clone(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn err(
+        &self,
+        action: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> impl FnOnce(lancedb::Error) -> TargetError {
+        let uri = self.uri.clone();
+        let action = action.into();
+        let hint = hint.into();
+        move |source| TargetError::Lance {
+            uri,
+            action,
+            hint,
+            source,
+        }
+    }
+
+    pub async fn table_names(&self) -> Result<Vec<String>, TargetError> {
+        self.conn.table_names().execute().await.map_err(self.err(
+            "listing tables",
+            "check that the target directory is a LanceDB database",
+        ))
+    }
+
+    pub async fn open(&self, name: &str) -> Result<Option<lancedb::Table>, TargetError> {
+        if !self.table_names().await?.iter().any(|t| t == name) {
+            return Ok(None);
+        }
+        self.conn
+            .open_table(name)
+            .execute()
+            .await
+            .map(Some)
+            .map_err(self.err(
+                format!("opening table `{name}`"),
+                "check the table with `lanceferry inspect`",
+            ))
+    }
+
+    /// The table's current version and row count, if it exists.
+    pub async fn version(&self, name: &str) -> Result<Option<TableVersion>, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(None);
+        };
+        let version = t.version().await.map_err(self.err(
+            format!("reading the version of `{name}`"),
+            "retry; if it persists the table may be damaged",
+        ))?;
+        let rows = t.count_rows(None).await.map_err(self.err(
+            format!("counting rows of `{name}`"),
+            "retry; if it persists the table may be damaged",
+        ))?;
+        Ok(Some(TableVersion {
+            version,
+            rows: rows as u64,
+        }))
+    }
+
+    /// Commits a stream of batches as one table version; returns it.
+    pub async fn commit(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: BoxStream<'static, RecordBatch>,
+        how: Commit,
+    ) -> Result<TableVersion, TargetError> {
+        let stream: SendableRecordBatchStream = Box::pin(SimpleRecordBatchStream {
+            schema: schema.clone(),
+            stream: batches.map(Ok),
+        });
+        let action = format!("writing table `{name}`");
+        let hint = "nothing of this commit was written (Lance commits are atomic); re-run `lanceferry apply` to resume from the last checkpoint";
+        match how {
+            Commit::Create => {
+                self.conn
+                    .create_table(name, stream)
+                    .execute()
+                    .await
+                    .map_err(self.err(action, hint))?;
+            }
+            Commit::Overwrite | Commit::Append => {
+                let t = self
+                    .open(name)
+                    .await?
+                    .expect("the table exists when appending");
+                let mode = if how == Commit::Overwrite {
+                    AddDataMode::Overwrite
+                } else {
+                    AddDataMode::Append
+                };
+                t.add(stream)
+                    .mode(mode)
+                    .execute()
+                    .await
+                    .map_err(self.err(action, hint))?;
+            }
+        }
+        Ok(self
+            .version(name)
+            .await?
+            .expect("the table was just written"))
+    }
+
+    /// Inserts or updates rows matched on `key`, as one commit.
+    pub async fn upsert(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        key: &str,
+    ) -> Result<TableVersion, TargetError> {
+        let t = self
+            .open(name)
+            .await?
+            .expect("the table exists when upserting");
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let mut builder = t.merge_insert(&[key]);
+        builder
+            .when_matched_update_all(None)
+            .when_not_matched_insert_all();
+        builder.execute(Box::new(reader)).await.map_err(self.err(
+            format!("upserting into `{name}`"),
+            "re-run `lanceferry apply`; upserts are idempotent",
+        ))?;
+        Ok(self
+            .version(name)
+            .await?
+            .expect("the table was just written"))
+    }
+
+    /// Creates an empty table with the schema (for upsert into a new table).
+    pub async fn create_empty(&self, name: &str, schema: SchemaRef) -> Result<(), TargetError> {
+        self.conn
+            .create_empty_table(name, schema)
+            .execute()
+            .await
+            .map_err(self.err(
+                format!("creating table `{name}`"),
+                "check the target's permissions",
+            ))?;
+        Ok(())
+    }
+
+    /// Tags a version so Lance's cleanup cannot remove it.
+    pub async fn tag(&self, name: &str, tag: &str, version: u64) -> Result<(), TargetError> {
+        let t = self.open(name).await?.expect("tagging an existing table");
+        let mut tags = t
+            .tags()
+            .await
+            .map_err(self.err(format!("reading tags of `{name}`"), "retry"))?;
+        let existing = tags
+            .list()
+            .await
+            .map_err(self.err(format!("listing tags of `{name}`"), "retry"))?;
+        if existing.contains_key(tag) {
+            return Ok(());
+        }
+        tags.create(tag, version)
+            .await
+            .map_err(self.err(format!("tagging version {version} of `{name}`"), "retry"))
+    }
+
+    /// Makes `version` the table's latest version again (a new commit).
+    pub async fn restore(&self, name: &str, version: u64) -> Result<TableVersion, TargetError> {
+        let t = self.open(name).await?.expect("restoring an existing table");
+        t.checkout(version).await.map_err(self.err(
+            format!("checking out version {version} of `{name}`"),
+            "the version may have been cleaned up; list versions with LanceDB",
+        ))?;
+        t.restore()
+            .await
+            .map_err(self.err(format!("restoring `{name}` to version {version}"), "retry"))?;
+        Ok(self.version(name).await?.expect("the table exists"))
+    }
+
+    pub async fn drop_table(&self, name: &str) -> Result<(), TargetError> {
+        if self.open(name).await?.is_none() {
+            return Ok(());
+        }
+        self.conn.drop_table(name, &[]).await.map_err(self.err(
+            format!("dropping `{name}`"),
+            "check the target's permissions",
+        ))
+    }
+
+    /// Builds one index. A vector index on too few rows is skipped, not failed.
+    pub async fn create_index(
+        &self,
+        name: &str,
+        index: &Index,
+        space: DistanceSpace,
+    ) -> Result<IndexOutcome, TargetError> {
+        let t = self.open(name).await?.expect("indexing an existing table");
+        let rows = t
+            .count_rows(None)
+            .await
+            .map_err(self.err(format!("counting rows of `{name}`"), "retry"))?;
+        let distance = match index.metric {
+            Metric::Auto => match space {
+                DistanceSpace::L2 => DistanceType::L2,
+                DistanceSpace::Cosine => DistanceType::Cosine,
+                DistanceSpace::Ip => DistanceType::Dot,
+            },
+            Metric::L2 => DistanceType::L2,
+            Metric::Cosine => DistanceType::Cosine,
+            Metric::Dot => DistanceType::Dot,
+        };
+        if index.kind.is_vector() && rows < MIN_ROWS_FOR_VECTOR_INDEX {
+            return Ok(IndexOutcome::Skipped(format!(
+                "`{name}` has {rows} rows; a `{}` index needs at least {MIN_ROWS_FOR_VECTOR_INDEX} to train (searches still work, by brute force)",
+                index.kind
+            )));
+        }
+        let lance_index = match index.kind {
+            IndexType::IvfPq => {
+                let mut b = IvfPqIndexBuilder::default().distance_type(distance);
+                if let Some(p) = index.num_partitions {
+                    b = b.num_partitions(p);
+                }
+                if let Some(s) = index.num_sub_vectors {
+                    b = b.num_sub_vectors(s);
+                }
+                LanceIndex::IvfPq(b)
+            }
+            IndexType::IvfFlat => {
+                let mut b = IvfFlatIndexBuilder::default().distance_type(distance);
+                if let Some(p) = index.num_partitions {
+                    b = b.num_partitions(p);
+                }
+                LanceIndex::IvfFlat(b)
+            }
+            IndexType::IvfHnswSq => {
+                let mut b = IvfHnswSqIndexBuilder::default().distance_type(distance);
+                if let Some(p) = index.num_partitions {
+                    b = b.num_partitions(p);
+                }
+                LanceIndex::IvfHnswSq(b)
+            }
+            IndexType::IvfHnswPq => {
+                let mut b = IvfHnswPqIndexBuilder::default().distance_type(distance);
+                if let Some(p) = index.num_partitions {
+                    b = b.num_partitions(p);
+                }
+                if let Some(s) = index.num_sub_vectors {
+                    b = b.num_sub_vectors(s);
+                }
+                LanceIndex::IvfHnswPq(b)
+            }
+            IndexType::Fts => LanceIndex::FTS(FtsIndexBuilder::default()),
+            IndexType::Btree => LanceIndex::BTree(BTreeIndexBuilder::default()),
+            IndexType::Bitmap => LanceIndex::Bitmap(BitmapIndexBuilder::default()),
+            IndexType::LabelList => LanceIndex::LabelList(LabelListIndexBuilder::default()),
+        };
+        t.create_index(&[index.column.as_str()], lance_index)
+            .replace(true)
+            .execute()
+            .await
+            .map_err(self.err(
+                format!(
+                    "building a `{}` index on `{name}.{}`",
+                    index.kind, index.column
+                ),
+                "re-run `lanceferry apply`; the copy is kept and only the index step runs again",
+            ))?;
+        Ok(IndexOutcome::Built)
+    }
+}

@@ -1,0 +1,552 @@
+//! Transform: a plan's column mapping applied to source batches, giving
+//! Arrow record batches in the exact schema the table will have.
+//!
+//! The rules (documented in docs/plan-reference.md): a missing value in a
+//! non-required column is null; a required one that is missing, a value of
+//! the wrong type (after lossless coercion when `coerce: true`), and a vector
+//! with NaN/inf components or the wrong dimension are invalid and handled by
+//! the column's `on_error`. The transform is deterministic: the same source
+//! batch always yields the same rows, which is what lets a resumed copy skip
+//! exactly the rows already committed.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
+use arrow_schema::{DataType, Field as ArrowField, Schema, SchemaRef};
+
+use crate::plan::{Collection, Column, ColumnType, Field, OnError};
+use crate::source::{MetaValue, Metadata, SourceBatch};
+
+/// A record that could not be converted, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "collection `{collection}`, record `{id}`, column `{column}` (from `{from}`): {reason}\nhint: fix the record in the source, or set `on_error: skip` (leave such records out) or `coerce: true` on column `{column}` in the plan"
+)]
+pub struct TransformError {
+    pub collection: String,
+    pub id: String,
+    pub column: String,
+    pub from: String,
+    pub reason: String,
+}
+
+/// The result of transforming one source batch.
+#[derive(Debug)]
+pub struct Transformed {
+    pub batch: RecordBatch,
+    /// Records left out by `on_error: skip`, with the reason.
+    pub skipped: Vec<TransformError>,
+}
+
+/// Converts source batches for one collection.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    collection: String,
+    columns: Vec<Column>,
+    dim: usize,
+    schema: SchemaRef,
+}
+
+/// A value extracted for one cell.
+enum Cell {
+    Null,
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    List(Vec<MetaValue>),
+    Vector,
+}
+
+fn arrow_type(ty: ColumnType, dim: usize) -> DataType {
+    let item = |t: DataType| DataType::List(Arc::new(ArrowField::new("item", t, true)));
+    match ty {
+        ColumnType::String | ColumnType::Json => DataType::Utf8,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Vector => DataType::FixedSizeList(
+            Arc::new(ArrowField::new("item", DataType::Float32, true)),
+            dim as i32,
+        ),
+        ColumnType::ListString => item(DataType::Utf8),
+        ColumnType::ListInt64 => item(DataType::Int64),
+        ColumnType::ListFloat64 => item(DataType::Float64),
+        ColumnType::ListBool => item(DataType::Boolean),
+    }
+}
+
+/// Canonical JSON of a metadata map: keys sorted (the map is ordered),
+/// numbers in serde_json's shortest round-trip form.
+pub fn canonical_json(m: &Metadata) -> String {
+    let obj: serde_json::Map<String, serde_json::Value> =
+        m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    let mut pairs: Vec<(String, serde_json::Value)> = obj.into_iter().collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::from("{");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).expect("string serializes"));
+        out.push(':');
+        out.push_str(&serde_json::to_string(v).expect("value serializes"));
+    }
+    out.push('}');
+    out
+}
+
+impl Transformer {
+    /// `dim` is the vector dimension: the plan's `dim`, else the source's.
+    pub fn new(collection: &Collection, dim: usize) -> Self {
+        let fields: Vec<ArrowField> = collection
+            .columns
+            .iter()
+            .map(|c| {
+                let nullable = !(c.from == Field::Id || c.from == Field::Embedding);
+                ArrowField::new(&c.name, arrow_type(c.ty, dim), nullable)
+            })
+            .collect();
+        Transformer {
+            collection: collection.source.clone(),
+            columns: collection.columns.clone(),
+            dim,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn err(&self, id: &str, c: &Column, reason: String) -> TransformError {
+        TransformError {
+            collection: self.collection.clone(),
+            id: id.to_string(),
+            column: c.name.clone(),
+            from: c.from.to_string(),
+            reason,
+        }
+    }
+
+    /// Extracts one cell, applying the type rules (not the error policy).
+    fn cell(&self, b: &SourceBatch, i: usize, c: &Column) -> Result<Cell, String> {
+        let raw: Option<MetaValue> = match &c.from {
+            Field::Id => Some(MetaValue::Str(b.ids[i].clone())),
+            Field::Document => b.documents[i].clone().map(MetaValue::Str),
+            Field::Uri => b.uris[i].clone().map(MetaValue::Str),
+            Field::Embedding => {
+                let v = b.embedding(i);
+                if b.dim != self.dim {
+                    return Err(format!(
+                        "vector has dimension {}, the table has {}",
+                        b.dim, self.dim
+                    ));
+                }
+                if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(format!("vector component {pos} is {}", v[pos]));
+                }
+                return Ok(Cell::Vector);
+            }
+            Field::Metadata => {
+                return Ok(match &b.metadatas[i] {
+                    None => Cell::Null,
+                    Some(m) => Cell::Str(canonical_json(m)),
+                });
+            }
+            Field::MetadataKey(k) => b.metadatas[i].as_ref().and_then(|m| m.get(k)).cloned(),
+        };
+        let Some(v) = raw else {
+            return if c.required {
+                Err("required value is missing".into())
+            } else {
+                Ok(Cell::Null)
+            };
+        };
+        convert(v, c.ty, c.coerce)
+    }
+
+    /// Converts a batch. With `on_error: fail` the first invalid value is an error.
+    pub fn transform(&self, b: &SourceBatch) -> Result<Transformed, TransformError> {
+        let n = b.len();
+        let mut keep: Vec<usize> = Vec::with_capacity(n);
+        let mut cells: Vec<Vec<Cell>> =
+            self.columns.iter().map(|_| Vec::with_capacity(n)).collect();
+        let mut skipped = Vec::new();
+        'rows: for i in 0..n {
+            let mut row = Vec::with_capacity(self.columns.len());
+            for c in &self.columns {
+                match self.cell(b, i, c) {
+                    Ok(cell) => row.push(cell),
+                    Err(reason) => {
+                        let e = self.err(&b.ids[i], c, reason);
+                        match c.on_error {
+                            OnError::Fail => return Err(e),
+                            OnError::Skip => {
+                                skipped.push(e);
+                                continue 'rows;
+                            }
+                            OnError::SetNull => row.push(Cell::Null),
+                        }
+                    }
+                }
+            }
+            keep.push(i);
+            for (ci, cell) in row.into_iter().enumerate() {
+                cells[ci].push(cell);
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (c, col) in self.columns.iter().zip(cells) {
+            arrays.push(self.build(c, col, b, &keep));
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .expect("columns are built to the schema");
+        Ok(Transformed { batch, skipped })
+    }
+
+    fn build(&self, c: &Column, cells: Vec<Cell>, b: &SourceBatch, keep: &[usize]) -> ArrayRef {
+        match c.ty {
+            ColumnType::Vector => {
+                let mut values = Vec::with_capacity(keep.len() * self.dim);
+                for &i in keep {
+                    values.extend_from_slice(b.embedding(i));
+                }
+                let field = Arc::new(ArrowField::new("item", DataType::Float32, true));
+                Arc::new(
+                    FixedSizeListArray::try_new(
+                        field,
+                        self.dim as i32,
+                        Arc::new(Float32Array::from(values)),
+                        None,
+                    )
+                    .expect("vector lengths were checked"),
+                )
+            }
+            ColumnType::String | ColumnType::Json => {
+                let mut bld = StringBuilder::new();
+                for cell in cells {
+                    match cell {
+                        Cell::Str(s) => bld.append_value(s),
+                        _ => bld.append_null(),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::Int64 => {
+                let mut bld = Int64Builder::new();
+                for cell in cells {
+                    match cell {
+                        Cell::Int(v) => bld.append_value(v),
+                        _ => bld.append_null(),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::Float64 => {
+                let mut bld = Float64Builder::new();
+                for cell in cells {
+                    match cell {
+                        Cell::Float(v) => bld.append_value(v),
+                        _ => bld.append_null(),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::Bool => {
+                let mut bld = BooleanBuilder::new();
+                for cell in cells {
+                    match cell {
+                        Cell::Bool(v) => bld.append_value(v),
+                        _ => bld.append_null(),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::ListString => {
+                let mut bld = ListBuilder::new(StringBuilder::new());
+                for cell in cells {
+                    match cell {
+                        Cell::List(items) => {
+                            for it in items {
+                                match it {
+                                    MetaValue::Str(s) => bld.values().append_value(s),
+                                    _ => bld.values().append_null(),
+                                }
+                            }
+                            bld.append(true);
+                        }
+                        _ => bld.append(false),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::ListInt64 => {
+                let mut bld = ListBuilder::new(Int64Builder::new());
+                for cell in cells {
+                    match cell {
+                        Cell::List(items) => {
+                            for it in items {
+                                match it {
+                                    MetaValue::Int(v) => bld.values().append_value(v),
+                                    _ => bld.values().append_null(),
+                                }
+                            }
+                            bld.append(true);
+                        }
+                        _ => bld.append(false),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::ListFloat64 => {
+                let mut bld = ListBuilder::new(Float64Builder::new());
+                for cell in cells {
+                    match cell {
+                        Cell::List(items) => {
+                            for it in items {
+                                match it {
+                                    MetaValue::Float(v) => bld.values().append_value(v),
+                                    MetaValue::Int(v) => bld.values().append_value(v as f64),
+                                    _ => bld.values().append_null(),
+                                }
+                            }
+                            bld.append(true);
+                        }
+                        _ => bld.append(false),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+            ColumnType::ListBool => {
+                let mut bld = ListBuilder::new(BooleanBuilder::new());
+                for cell in cells {
+                    match cell {
+                        Cell::List(items) => {
+                            for it in items {
+                                match it {
+                                    MetaValue::Bool(v) => bld.values().append_value(v),
+                                    _ => bld.values().append_null(),
+                                }
+                            }
+                            bld.append(true);
+                        }
+                        _ => bld.append(false),
+                    }
+                }
+                Arc::new(bld.finish())
+            }
+        }
+    }
+}
+
+/// Type rules for one metadata value (see the module docs).
+fn convert(v: MetaValue, ty: ColumnType, coerce: bool) -> Result<Cell, String> {
+    let wrong = |v: &MetaValue| format!("expected {ty}, found {} `{}`", v.type_name(), v.to_json());
+    Ok(match (ty, v) {
+        (ColumnType::String, MetaValue::Str(s)) => Cell::Str(s),
+        (ColumnType::Int64, MetaValue::Int(i)) => Cell::Int(i),
+        (ColumnType::Float64, MetaValue::Float(f)) => Cell::Float(f),
+        (ColumnType::Bool, MetaValue::Bool(b)) => Cell::Bool(b),
+        (ColumnType::Json, v) => Cell::Str(v.to_json().to_string()),
+        (t, MetaValue::List(items)) if t.is_list() => {
+            let want = match t {
+                ColumnType::ListString => "string",
+                ColumnType::ListInt64 => "int",
+                ColumnType::ListFloat64 => "float",
+                _ => "bool",
+            };
+            for it in &items {
+                let ok = it.type_name() == want
+                    || (coerce && want == "float" && it.type_name() == "int");
+                if !ok {
+                    return Err(format!(
+                        "expected {t}, found a list holding {} `{}`",
+                        it.type_name(),
+                        it.to_json()
+                    ));
+                }
+            }
+            Cell::List(items)
+        }
+        (t, v) if coerce => match (t, &v) {
+            (ColumnType::Float64, MetaValue::Int(i)) => Cell::Float(*i as f64),
+            (ColumnType::String, MetaValue::Int(i)) => Cell::Str(i.to_string()),
+            // A float becomes the same text JSON prints for it.
+            (ColumnType::String, MetaValue::Float(f)) => Cell::Str(
+                serde_json::Number::from_f64(*f)
+                    .map(|n| n.to_string())
+                    .ok_or_else(|| wrong(&v))?,
+            ),
+            (ColumnType::String, MetaValue::Bool(b)) => Cell::Str(b.to_string()),
+            (ColumnType::Int64, MetaValue::Str(s)) => {
+                Cell::Int(s.trim().parse().map_err(|_| wrong(&v))?)
+            }
+            (ColumnType::Float64, MetaValue::Str(s)) => {
+                Cell::Float(s.trim().parse().map_err(|_| wrong(&v))?)
+            }
+            (ColumnType::Bool, MetaValue::Str(s)) if s == "true" || s == "false" => {
+                Cell::Bool(s == "true")
+            }
+            (t, scalar) if t.is_list() => {
+                return convert(MetaValue::List(vec![scalar.clone()]), t, coerce);
+            }
+            _ => return Err(wrong(&v)),
+        },
+        (_, v) => return Err(wrong(&v)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Vars, load_str};
+    use crate::source::record::Record;
+    use arrow_array::Array;
+
+    fn collection(columns: &str) -> Collection {
+        let text = format!(
+            "version: 1\nname: t\nsource: {{ chroma: {{ path: ./db }} }}\ntarget: {{ lancedb: {{ uri: ./o }} }}\ncollections:\n  - source: c\n    columns:\n{columns}"
+        );
+        load_str(&text, std::path::Path::new("t.yaml"), &Vars::empty())
+            .unwrap()
+            .collections
+            .remove(0)
+    }
+
+    fn batch(records: Vec<(&str, Option<Metadata>, Vec<f32>)>) -> SourceBatch {
+        let dim = records[0].2.len();
+        let mut b = SourceBatch::with_capacity(records.len(), dim);
+        for (id, metadata, embedding) in records {
+            b.push(Record {
+                id: id.into(),
+                document: Some(format!("doc {id}")),
+                uri: None,
+                metadata,
+                embedding,
+            });
+        }
+        b
+    }
+
+    fn meta(pairs: &[(&str, MetaValue)]) -> Option<Metadata> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    const BASE: &str =
+        "      - { name: id, from: id }\n      - { name: vector, from: embedding }\n";
+
+    #[test]
+    fn maps_columns_and_canonical_json() {
+        let c = collection(&format!(
+            "{BASE}      - {{ name: page, from: metadata.page, type: int64 }}\n      - {{ name: m, from: metadata, type: json }}\n"
+        ));
+        let t = Transformer::new(&c, 2);
+        let b = batch(vec![
+            (
+                "a",
+                meta(&[
+                    ("page", MetaValue::Int(9007199254740993)),
+                    ("b", MetaValue::Float(0.5)),
+                ]),
+                vec![1.0, 2.0],
+            ),
+            ("b", None, vec![3.0, 4.0]),
+        ]);
+        let out = t.transform(&b).unwrap();
+        assert_eq!(out.batch.num_rows(), 2);
+        let page = out
+            .batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
+        assert_eq!(page.value(0), 9007199254740993);
+        assert!(page.is_null(1));
+        let m = out
+            .batch
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        assert_eq!(m.value(0), r#"{"b":0.5,"page":9007199254740993}"#);
+        assert!(matches!(
+            out.batch.schema().field(1).data_type(),
+            DataType::FixedSizeList(_, 2)
+        ));
+    }
+
+    #[test]
+    fn wrong_type_fails_naming_record_and_key() {
+        let c = collection(&format!(
+            "{BASE}      - {{ name: page, from: metadata.page, type: int64 }}\n"
+        ));
+        let t = Transformer::new(&c, 1);
+        let b = batch(vec![(
+            "rec-7",
+            meta(&[("page", MetaValue::Str("iv".into()))]),
+            vec![1.0],
+        )]);
+        let e = t.transform(&b).unwrap_err();
+        assert_eq!(e.id, "rec-7");
+        assert!(
+            e.to_string()
+                .contains("column `page` (from `metadata.page`)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn skip_and_set_null_and_coerce() {
+        let c = collection(&format!(
+            "{BASE}      - {{ name: node, from: metadata.node, type: string, required: true, on_error: skip }}\n      - {{ name: p, from: metadata.p, type: float64, on_error: set_null }}\n      - {{ name: q, from: metadata.q, type: int64, coerce: true }}\n"
+        ));
+        let t = Transformer::new(&c, 1);
+        let b = batch(vec![
+            (
+                "keep",
+                meta(&[
+                    ("node", MetaValue::Str("n".into())),
+                    ("p", MetaValue::Str("x".into())),
+                    ("q", MetaValue::Str("12".into())),
+                ]),
+                vec![1.0],
+            ),
+            ("drop", meta(&[]), vec![1.0]),
+        ]);
+        let out = t.transform(&b).unwrap();
+        assert_eq!(out.batch.num_rows(), 1);
+        assert_eq!(out.skipped.len(), 1);
+        assert_eq!(out.skipped[0].id, "drop");
+        assert!(out.batch.column(3).is_null(0));
+        let q = out
+            .batch
+            .column(4)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
+        assert_eq!(q.value(0), 12);
+    }
+
+    #[test]
+    fn nan_and_wrong_dimension_are_invalid() {
+        let c = collection(BASE);
+        let t = Transformer::new(&c, 2);
+        let e = t
+            .transform(&batch(vec![("x", None, vec![1.0, f32::NAN])]))
+            .unwrap_err();
+        assert!(e.reason.contains("NaN"), "{e}");
+        let e = t
+            .transform(&batch(vec![("y", None, vec![1.0, 2.0, 3.0])]))
+            .unwrap_err();
+        assert!(e.reason.contains("dimension 3"), "{e}");
+    }
+}
