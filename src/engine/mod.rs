@@ -468,7 +468,13 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
         .get(table)
         .cloned()
         .unwrap_or_default();
-    let v = crate::verify::verify_ids(ctx.source.as_ref(), &ctx.target, c, &skipped)
+    let appended_to = if c.mode == crate::plan::Mode::Append {
+        let snap = ctx.record(&format!("snapshot:{table}")).await;
+        Some(snap.version_before.map(|v| v.rows).unwrap_or(0))
+    } else {
+        None
+    };
+    let v = crate::verify::verify_ids(ctx.source.as_ref(), &ctx.target, c, &skipped, appended_to)
         .await
         .map_err(|e| e.to_string())?;
     let rows = v.target_count;

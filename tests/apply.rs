@@ -1,0 +1,297 @@
+//! `lanceferry apply` and `rollback` end to end: the real binary, a Chroma
+//! directory written by real chromadb 1.5.9 (the shipped demo), a real
+//! LanceDB directory, and Python `lancedb` as the independent reader.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as Std;
+
+use assert_cmd::Command;
+
+fn lanceferry(out: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("lanceferry").unwrap();
+    cmd.current_dir(common::repo())
+        .env("NO_COLOR", "1")
+        .env("DEMO_OUT", out)
+        .env_remove("DEMO_CHROMA");
+    cmd
+}
+
+fn apply(out: &Path, extra: &[&str]) -> std::process::Output {
+    lanceferry(out)
+        .args(["apply", "plans/demo.yaml", "--auto-approve"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs the Python checker on one table; returns its JSON line.
+fn python_check(out: &Path, collection: &str) -> serde_json::Value {
+    let copy = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo().join("demo/chroma_db"), copy.path());
+    let o = Std::new(common::python("1.5.9"))
+        .arg(common::repo().join("tests/check_lance.py"))
+        .arg(copy.path())
+        .arg(out.join("lancedb"))
+        .arg(collection)
+        .arg(collection)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "python check of `{collection}` failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+fn count_rows(out: &Path, table: &str) -> u64 {
+    let o = Std::new(common::python("1.5.9"))
+        .arg("-c")
+        .arg(format!(
+            "import lancedb; print(lancedb.connect('{}').open_table('{table}').count_rows())",
+            out.join("lancedb").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn demo_apply_is_read_back_exactly_by_python_lancedb() {
+    let out = tempfile::tempdir().unwrap();
+    let o = apply(out.path(), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("count and id set match the source"),
+        "{}",
+        text(&o)
+    );
+    for (collection, n) in [("canvas_explanations", 600), ("canvas_concepts", 400)] {
+        let r = python_check(out.path(), collection);
+        assert_eq!(r["rows"], n, "{r}");
+        assert_eq!(
+            r["schema"]["vector"], "fixed_size_list<item: float>[64]",
+            "{r}"
+        );
+        assert_eq!(r["schema"]["doc_id"], "string", "{r}");
+        assert_eq!(r["nearest_ok"], true, "{r}");
+    }
+    // A backup archive was written before the copy.
+    let backups: Vec<_> = std::fs::read_dir(out.path().join("backups"))
+        .unwrap()
+        .collect();
+    assert_eq!(backups.len(), 1);
+
+    // Running it again does nothing, and says so.
+    let again = apply(out.path(), &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).starts_with("nothing to do"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(
+        std::fs::read_dir(out.path().join("backups"))
+            .unwrap()
+            .count(),
+        1,
+        "a no-op takes no backup"
+    );
+
+    // Rollback drops the tables the apply created; twice is a no-op.
+    let rb = lanceferry(out.path())
+        .args(["rollback", "plans/demo.yaml", "--auto-approve"])
+        .output()
+        .unwrap();
+    assert!(rb.status.success(), "{}", text(&rb));
+    assert!(
+        text(&rb).contains("`canvas_concepts`: dropped (the apply created it)"),
+        "{}",
+        text(&rb)
+    );
+    let rb2 = lanceferry(out.path())
+        .args(["rollback", "plans/demo.yaml", "--auto-approve"])
+        .output()
+        .unwrap();
+    assert!(text(&rb2).contains("already rolled back"), "{}", text(&rb2));
+}
+
+/// A plan over the demo data with a chosen mode.
+fn mode_plan(dir: &Path, mode: &str) -> std::path::PathBuf {
+    let plan = dir.join(format!("{mode}.yaml"));
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: modes-{mode}\nsource: {{ chroma: {{ path: {} }} }}\ntarget: {{ lancedb: {{ uri: {} }} }}\nstate: {{ path: {} }}\ncollections:\n  - source: canvas_concepts\n    mode: {mode}\n    columns:\n      - {{ name: doc_id, from: id }}\n      - {{ name: content, from: document }}\n      - {{ name: vector, from: embedding }}\n",
+            common::repo().join("demo/chroma_db").display(),
+            dir.join("lancedb").display(),
+            dir.join("state").display(),
+        ),
+    )
+    .unwrap();
+    plan
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("lanceferry")
+        .unwrap()
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rollback_restores_each_mode_and_refuses_after_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lance = dir.path().to_path_buf();
+    // A first apply creates the table with 400 rows.
+    let create = mode_plan(dir.path(), "create");
+    let o = run(&["apply", create.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count_rows(&lance, "canvas_concepts"), 400);
+
+    // append doubles it; rollback restores 400.
+    let append = mode_plan(dir.path(), "append");
+    let o = run(&["apply", append.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count_rows(&lance, "canvas_concepts"), 800);
+    let o = run(&["rollback", append.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("restored to version"), "{}", text(&o));
+    assert_eq!(count_rows(&lance, "canvas_concepts"), 400);
+
+    // upsert over the same ids keeps 400 rows; rollback restores.
+    let upsert = mode_plan(dir.path(), "upsert");
+    let o = run(&["apply", upsert.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count_rows(&lance, "canvas_concepts"), 400);
+    let o = run(&["rollback", upsert.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // replace, then someone appends: rollback refuses, naming versions;
+    // --force goes ahead.
+    let replace = mode_plan(dir.path(), "replace");
+    let o = run(&["apply", replace.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["apply", append.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["rollback", replace.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("was written after apply") && text(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "rollback",
+        replace.to_str().unwrap(),
+        "--auto-approve",
+        "--force",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count_rows(&lance, "canvas_concepts"), 400);
+
+    // Finally the create apply's rollback drops the table... but only with
+    // --force, since later applies wrote to it.
+    let o = run(&[
+        "rollback",
+        create.to_str().unwrap(),
+        "--auto-approve",
+        "--force",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("dropped"), "{}", text(&o));
+}
+
+#[test]
+fn create_mode_refuses_an_existing_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let create = mode_plan(dir.path(), "create");
+    assert!(
+        run(&["apply", create.to_str().unwrap(), "--auto-approve"])
+            .status
+            .success()
+    );
+    // A new state directory: a different deployment that finds the table there.
+    let other = dir.path().join("other.yaml");
+    let text_plan = std::fs::read_to_string(&create)
+        .unwrap()
+        .replace("/state", "/state2");
+    std::fs::write(&other, text_plan).unwrap();
+    let o = run(&["apply", other.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("already exists and the mode is `create`"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("hint:"), "{}", text(&o));
+}
+
+#[test]
+fn a_second_apply_waits_then_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = mode_plan(dir.path(), "create");
+    // A live process on this host holds the lock.
+    let mut holder = Std::new("sleep").arg("30").spawn().unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(
+        dir.path().join("state/modes-create.lock"),
+        serde_json::json!({
+            "apply_id": "20260101T000000Z-beef",
+            "pid": holder.id(),
+            "host": lanceferry::state::hostname(),
+            "started": "2026-01-01T00:00:00Z"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let o = run(&[
+        "apply",
+        plan.to_str().unwrap(),
+        "--auto-approve",
+        "--lock-timeout",
+        "2",
+    ]);
+    assert!(
+        started.elapsed().as_secs_f64() >= 2.0,
+        "it waited for the lock"
+    );
+    holder.kill().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("locked by apply `20260101T000000Z-beef`")
+            && t.contains(&format!("pid {}", holder.id())),
+        "{t}"
+    );
+    // Once the holder is dead, the next apply takes the lock over and runs.
+    let _ = holder.wait();
+    let o = run(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("taking over the lock"), "{}", text(&o));
+}
+
+#[test]
+fn apply_without_terminal_or_auto_approve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = mode_plan(dir.path(), "create");
+    let o = run(&["apply", plan.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--auto-approve"), "{}", text(&o));
+    assert!(!dir.path().join("lancedb").exists(), "nothing was written");
+}
