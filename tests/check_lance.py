@@ -21,7 +21,16 @@ import lancedb  # noqa: E402
 
 chroma_path, uri, collection, table = sys.argv[1:5]
 col = chromadb.PersistentClient(path=chroma_path).get_collection(collection, embedding_function=None)
-got = col.get(include=["embeddings", "documents", "metadatas"])
+# Paged, as a careful user would: one huge get() exceeds SQLite's limits.
+got = {"ids": [], "embeddings": [], "documents": [], "metadatas": []}
+offset = 0
+while True:
+    page = col.get(include=["embeddings", "documents", "metadatas"], limit=5000, offset=offset)
+    if not page["ids"]:
+        break
+    for k in got:
+        got[k].extend(list(page[k]))
+    offset += len(page["ids"])
 t = lancedb.connect(uri).open_table(table)
 schema = {f.name: str(f.type) for f in t.schema}
 rows = {r["doc_id"]: r for r in t.to_arrow().to_pylist()}

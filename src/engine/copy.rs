@@ -48,6 +48,10 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
     let snap = ctx.record(&format!("snapshot:{table}")).await;
     let before = snap.version_before;
     let now = ctx.target.version(table).await.map_err(err)?;
+    if now.is_none() {
+        // A create killed before its first commit leaves files but no table.
+        ctx.target.clear_partial(table).await.map_err(err)?;
+    }
 
     // Where this copy stands: rows already committed by this apply, and how
     // the next commit writes.

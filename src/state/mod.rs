@@ -160,8 +160,19 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Whether `pid` is a running process on this host. A zombie (killed, not
+/// yet reaped) counts as dead: it will never release its lock.
 fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            // Format: `pid (comm) state ...`; comm may contain spaces.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.

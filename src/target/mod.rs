@@ -120,15 +120,39 @@ impl LanceTarget {
         if !self.table_names().await?.iter().any(|t| t == name) {
             return Ok(None);
         }
-        self.conn
-            .open_table(name)
-            .execute()
-            .await
-            .map(Some)
-            .map_err(self.err(
+        match self.conn.open_table(name).execute().await {
+            Ok(t) => Ok(Some(t)),
+            // Listed but without a committed version: a create that was
+            // interrupted before its first commit. There is no table.
+            Err(lancedb::Error::TableNotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(
                 format!("opening table `{name}`"),
-                "check the table with `lanceferry inspect`",
-            ))
+                "check the table's directory and permissions",
+            )(e)),
+        }
+    }
+
+    /// Removes what an interrupted create left (files, no committed
+    /// version), so the table can be created again. Only for tables this
+    /// apply creates.
+    pub async fn clear_partial(&self, name: &str) -> Result<(), TargetError> {
+        if self.open(name).await?.is_some() || !self.table_names().await?.iter().any(|t| t == name)
+        {
+            return Ok(());
+        }
+        let _ = self.conn.drop_table(name, &[]).await;
+        let local = std::path::Path::new(&self.uri).join(format!("{name}.lance"));
+        if local.exists() {
+            std::fs::remove_dir_all(&local).map_err(|e| TargetError::Lance {
+                uri: self.uri.clone(),
+                action: format!("removing the unfinished table `{name}`"),
+                hint: "remove the directory by hand and re-run apply".into(),
+                source: lancedb::Error::Runtime {
+                    message: e.to_string(),
+                },
+            })?;
+        }
+        Ok(())
     }
 
     /// The table's current version and row count, if it exists.

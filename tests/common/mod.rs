@@ -108,3 +108,29 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 pub fn truth(fixture: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture.join("truth.json")).unwrap()).unwrap()
 }
+
+/// A large single-collection directory (`canvas_explanations`) written by
+/// chromadb 1.5.9 with `scripts/make_large.py`, cached like the fixtures.
+pub fn large_fixture(count: usize, dim: usize) -> PathBuf {
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let root = home_cache("LANCEFERRY_FIXTURES", "lanceferry-fixtures");
+    let dir = root.join(format!("large-{count}x{dim}"));
+    if dir.join(".ready").exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(python("1.5.9"))
+        .arg(repo().join("scripts/make_large.py"))
+        .arg(&dir)
+        .arg(count.to_string())
+        .arg(dim.to_string())
+        .output()
+        .expect("run make_large.py");
+    assert!(
+        out.status.success(),
+        "make_large.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.join(".ready"), b"").unwrap();
+    dir
+}
