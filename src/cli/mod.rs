@@ -107,6 +107,20 @@ enum Command {
         #[arg(long, default_value_t = 0, value_name = "SECS")]
         lock_timeout: u64,
     },
+    /// Show a source's collections: counts, dimensions, spaces, metadata keys and their types.
+    Inspect {
+        /// A plan whose source to inspect (or use --path).
+        plan: Option<PathBuf>,
+        /// A Chroma persistent directory.
+        #[arg(long, conflicts_with = "plan", value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Only this collection.
+        #[arg(long, value_name = "NAME")]
+        collection: Option<String>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Break the lock left by apply ID (when its process is gone for good).
     Unlock {
         /// The plan file.
@@ -296,6 +310,30 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                 for (t, what) in &summary.tables {
                     writeln!(stdout, "  `{t}`: {what}")?;
                 }
+            }
+        }
+        Command::Inspect {
+            plan,
+            path,
+            collection,
+            json,
+        } => {
+            let spec = match (plan, path) {
+                (_, Some(p)) => crate::plan::Source::ChromaDir { path: p.clone() },
+                (Some(plan), None) => load(plan, &cli.global, out)?.source,
+                (None, None) => anyhow::bail!(
+                    "nothing to inspect\nhint: give a plan (`lanceferry inspect plans/canvas.yaml`) or a directory (`--path ./chroma_db`)"
+                ),
+            };
+            let source = crate::source::open(&spec)?;
+            let report = runtime()?.block_on(crate::source::inspect::inspect(
+                source.as_ref(),
+                collection.as_deref(),
+            ))?;
+            if *json {
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                stdout.write_all(crate::source::inspect::render(&report).as_bytes())?;
             }
         }
         Command::Unlock { plan, id } => {

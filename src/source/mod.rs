@@ -8,6 +8,7 @@
 //! Chroma is encoded in exactly one place.
 
 pub mod chroma_dir;
+pub mod inspect;
 mod open;
 pub mod record;
 
