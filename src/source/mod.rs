@@ -9,6 +9,7 @@
 
 pub mod chroma_dir;
 pub mod inspect;
+pub mod jsonl;
 mod open;
 pub mod record;
 
@@ -64,7 +65,7 @@ pub enum SourceError {
         hint: String,
     },
     #[error(
-        "this lanceferry cannot read {what} yet; it reads Chroma persistent directories\nhint: set `source.chroma.path` to the Chroma directory (stop the application, or copy the directory first)"
+        "this lanceferry cannot read {what} yet; it reads Chroma persistent directories and JSON Lines\nhint: set `source.chroma.path` to the Chroma directory (stop the application, or copy the directory first)"
     )]
     Unsupported { what: String },
     #[error("cannot read `{path}`: {source}\nhint: check that the path exists and is readable")]

@@ -11,8 +11,8 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn Source>, SourceError> {
         SourceSpec::ChromaHttp { url, .. } => Err(SourceError::Unsupported {
             what: format!("a Chroma server (`{url}`)"),
         }),
-        SourceSpec::Jsonl { path, .. } => Err(SourceError::Unsupported {
-            what: format!("JSON Lines (`{}`)", path.display()),
-        }),
+        SourceSpec::Jsonl { path, space } => {
+            Ok(Box::new(super::jsonl::JsonlDir::open(path, *space)?))
+        }
     }
 }
