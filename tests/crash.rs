@@ -93,7 +93,8 @@ fn sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing() {
         // The validate step compared count and id set (duplicates and
         // losses); the independent reader compares every value.
         assert!(
-            out.contains("count and id set match the source") || out.starts_with("nothing to do"),
+            out.contains("count, id set and values match the source")
+                || out.starts_with("nothing to do"),
             "trial {trial}: {out}"
         );
         let copy = tempfile::tempdir().unwrap();

@@ -107,6 +107,17 @@ enum Command {
         #[arg(long, default_value_t = 0, value_name = "SECS")]
         lock_timeout: u64,
     },
+    /// Check every table against its source: counts, id sets, values, vector similarity.
+    Verify {
+        /// The plan file.
+        plan: PathBuf,
+        /// Print the results as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON results to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// Show a source's collections: counts, dimensions, spaces, metadata keys and their types.
     Inspect {
         /// A plan whose source to inspect (or use --path).
@@ -311,6 +322,45 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                     writeln!(stdout, "  `{t}`: {what}")?;
                 }
             }
+        }
+        Command::Verify { plan, json, report } => {
+            let plan = load(plan, &cli.global, out)?;
+            // Tables written in append mode had rows before; the last apply's
+            // snapshot says how many.
+            let store = crate::state::StateStore::new(&plan.state_dir, &plan.name);
+            let mut appended_to = std::collections::HashMap::new();
+            if let Some(last) = store.load(&plan.target.uri)?.applies.last() {
+                for c in &plan.collections {
+                    if let Some(s) = last.steps.get(&format!("snapshot:{}", c.table)) {
+                        appended_to.insert(
+                            c.table.clone(),
+                            s.version_before.map(|v| v.rows).unwrap_or(0),
+                        );
+                    }
+                }
+            }
+            let results = runtime()?.block_on(crate::verify::verify_plan(&plan, &appended_to))?;
+            let value = serde_json::to_value(&results)?;
+            if let Some(path) = report {
+                crate::state::write_atomic(path, &serde_json::to_vec_pretty(&value)?)?;
+            }
+            if *json {
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                stdout.write_all(crate::verify::render(&results).as_bytes())?;
+            }
+            let ok = results.iter().all(|r| r.ok());
+            if !ok {
+                eprintln!(
+                    "hint: `lanceferry rollback {}` restores the tables to their state before the last apply; `lanceferry apply` re-copies",
+                    plan.file.display()
+                );
+            }
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::Inspect {
             plan,

@@ -477,14 +477,31 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
     let v = crate::verify::verify_ids(ctx.source.as_ref(), &ctx.target, c, &skipped, appended_to)
         .await
         .map_err(|e| e.to_string())?;
-    if c.validate.content || c.validate.metadata {
-        ctx.warn(format!(
-            "validate `{table}`: count and id set checked; the value-by-value checks the plan asks for (content, metadata, min_cosine) are not performed by this version"
+    let info = ctx
+        .source
+        .collection(&c.source)
+        .await
+        .map_err(|e| e.to_string())?;
+    let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
+    let expected = v.source_count - v.expected_skipped;
+    let values =
+        crate::verify::values::verify_values(ctx.source.as_ref(), &ctx.target, c, dim, expected)
+            .await
+            .map_err(|e| e.to_string())?;
+    let mut v = v;
+    v.breaches.extend(values.breaches.iter().cloned());
+    if let Some(s) = &values.cosine {
+        ctx.progress.message(&format!(
+            "validate `{table}`: {} records compared; cosine min {:.6} mean {:.6} p95 {:.6} max {:.6}",
+            values.compared, s.min, s.mean, s.p95_low, s.max
         ));
+    }
+    for e in &values.examples {
+        ctx.warn(format!("validate `{table}`: {e}"));
     }
     let rows = v.target_count;
     let message = if v.ok() {
-        format!("{rows} rows, count and id set match the source")
+        format!("{rows} rows, count, id set and values match the source")
     } else {
         v.breaches.join("; ")
     };

@@ -3,8 +3,10 @@
 //! This is the `validate` step of apply (and, later, `lanceferry verify`).
 //! It streams the source and the table and compares them by id: the count
 //! rule, the id set (listing the first missing and extra ids), and
-//! duplicates. It holds ids only, never vectors. Value-by-value checks
-//! (content, metadata, cosine of vectors) are the next part of this module.
+//! duplicates, holding ids only, never vectors. [`values`] then compares
+//! values (content, metadata, cosine of vectors) in bounded memory.
+
+pub mod values;
 
 use std::collections::HashSet;
 
@@ -184,4 +186,82 @@ fn quote(ids: &[String]) -> String {
         .map(|i| format!("`{i}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The result of verifying one collection.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionVerification {
+    pub collection: String,
+    pub ids: Verification,
+    pub values: values::ValueCheck,
+}
+
+impl CollectionVerification {
+    pub fn ok(&self) -> bool {
+        self.ids.ok() && self.values.breaches.is_empty()
+    }
+}
+
+/// `lanceferry verify`: every collection of a plan against its table.
+/// `appended_to` gives, per table, the rows it had before an append.
+pub async fn verify_plan(
+    plan: &crate::plan::Plan,
+    appended_to: &std::collections::HashMap<String, u64>,
+) -> Result<Vec<CollectionVerification>, VerifyError> {
+    let source = crate::source::open(&plan.source)?;
+    let target = LanceTarget::connect(&plan.target).await?;
+    let mut out = Vec::new();
+    for c in &plan.collections {
+        // Records the plan itself leaves out (`on_error: skip`) are not expected.
+        let info = source.collection(&c.source).await?;
+        let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
+        let transformer = crate::transform::Transformer::new(c, dim);
+        let mut skipped = HashSet::new();
+        let mut stream = source.read(&c.source, c.batch_size as usize);
+        while let Some(b) = stream.try_next().await? {
+            if let Ok(t) = transformer.transform(&b) {
+                skipped.extend(t.skipped.into_iter().map(|s| s.id));
+            }
+        }
+        let base = if c.mode == crate::plan::Mode::Append {
+            appended_to.get(&c.table).copied()
+        } else {
+            None
+        };
+        let ids = verify_ids(source.as_ref(), &target, c, &skipped, base).await?;
+        let expected = ids.source_count - ids.expected_skipped;
+        let values = values::verify_values(source.as_ref(), &target, c, dim, expected).await?;
+        out.push(CollectionVerification {
+            collection: c.source.clone(),
+            ids,
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// The text report of `lanceferry verify`.
+pub fn render(results: &[CollectionVerification]) -> String {
+    let mut s = String::new();
+    for r in results {
+        let status = if r.ok() { "ok" } else { "FAILED" };
+        s.push_str(&format!(
+            "{status}: `{}` -> `{}`: {} source records, {} rows; {} compared",
+            r.collection, r.ids.table, r.ids.source_count, r.ids.target_count, r.values.compared
+        ));
+        if let Some(c) = &r.values.cosine {
+            s.push_str(&format!(
+                "; cosine min {:.6} mean {:.6} p95 {:.6} max {:.6}",
+                c.min, c.mean, c.p95_low, c.max
+            ));
+        }
+        s.push('\n');
+        for b in r.ids.breaches.iter().chain(&r.values.breaches) {
+            s.push_str(&format!("  breach: {b}\n"));
+        }
+        for e in &r.values.examples {
+            s.push_str(&format!("  e.g. {e}\n"));
+        }
+    }
+    s
 }
