@@ -26,7 +26,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 use serde::Deserialize;
@@ -145,17 +144,13 @@ impl ChromaDir {
 
     fn ctx(&self, conn: &Connection, name: &str) -> Result<CollectionCtx, SourceError> {
         let all = collections(conn, &self.path)?;
-        let names: Vec<String> = all.iter().map(|c| format!("`{}`", c.name)).collect();
+        let names: Vec<String> = all.iter().map(|c| c.name.clone()).collect();
         let Some(meta) = all.into_iter().find(|c| c.name == name) else {
-            return Err(SourceError::NoSuchCollection {
-                name: name.to_string(),
-                source_desc: format!("chroma directory `{}`", self.path.display()),
-                available: if names.is_empty() {
-                    "no collections".into()
-                } else {
-                    names.join(", ")
-                },
-            });
+            return Err(SourceError::no_such_collection(
+                name,
+                format!("chroma directory `{}`", self.path.display()),
+                names.iter().map(String::as_str),
+            ));
         };
         CollectionCtx::load(conn, &self.path, meta)
     }
@@ -204,15 +199,9 @@ impl Source for ChromaDir {
         collection: &str,
         batch_size: usize,
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
-        // SQLite and pread are blocking: read on a dedicated thread and hand
-        // batches over a channel of two, so at most ~3 batches are alive.
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let me = self.clone();
         let name = collection.to_string();
-        std::thread::spawn(move || {
-            me.read_sync(&name, batch_size, |b| tx.blocking_send(b).is_ok());
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        super::blocking_stream(move |sink| me.read_sync(&name, batch_size, sink))
     }
 
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
@@ -574,6 +563,33 @@ struct CollectionCtx {
     collection_metadata: BTreeMap<String, MetaValue>,
 }
 
+type MetadataRow = (i64, String, Option<MetaValue>);
+
+/// Typed metadata rows of `table` for the given record rowids, in rowid order.
+fn metadata_rows(
+    conn: &Connection,
+    dir: &Path,
+    table: &str,
+    ids: &[i64],
+) -> Result<Vec<MetadataRow>, SourceError> {
+    let e = sqlite_err(dir);
+    let marks = vec!["?"; ids.len()].join(",");
+    let sql = format!(
+        "SELECT id, key, string_value, int_value, float_value, bool_value FROM {table} WHERE id IN ({marks}) ORDER BY rowid"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
+    let rows = stmt
+        .query_map(params_from_iter(ids.iter().copied()), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                typed_value(r, 2)?,
+            ))
+        })
+        .map_err(&e)?;
+    rows.collect::<Result<_, _>>().map_err(e)
+}
+
 fn typed_value(r: &rusqlite::Row, base: usize) -> rusqlite::Result<Option<MetaValue>> {
     // Exactly one of string/int/float/bool is set.
     if let Some(s) = r.get::<_, Option<String>>(base)? {
@@ -723,7 +739,6 @@ impl CollectionCtx {
         conn: &Connection,
         rowids: &[(i64, String)],
     ) -> Result<HashMap<i64, Fields>, SourceError> {
-        let e = sqlite_err(&self.dir);
         let mut out: HashMap<i64, Fields> = rowids
             .iter()
             .map(|(r, _)| (*r, Fields::default()))
@@ -731,23 +746,10 @@ impl CollectionCtx {
         if rowids.is_empty() {
             return Ok(out);
         }
+        let arrays = self.has_array_table(conn)?;
         for chunk in rowids.chunks(900) {
-            let marks = vec!["?"; chunk.len()].join(",");
-            let sql = format!(
-                "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata WHERE id IN ({marks})"
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
-            let rows = stmt
-                .query_map(params_from_iter(chunk.iter().map(|(r, _)| *r)), |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        typed_value(r, 2)?,
-                    ))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (rowid, key, value) = row.map_err(&e)?;
+            let ids: Vec<i64> = chunk.iter().map(|(r, _)| *r).collect();
+            for (rowid, key, value) in metadata_rows(conn, &self.dir, "embedding_metadata", &ids)? {
                 let f = out.entry(rowid).or_default();
                 match (key.as_str(), value) {
                     (DOCUMENT_KEY, Some(MetaValue::Str(s))) => f.document = Some(s),
@@ -758,30 +760,20 @@ impl CollectionCtx {
                     (_, None) => {}
                 }
             }
-            if self.has_array_table(conn)? {
-                let sql = format!(
-                    "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata_array WHERE id IN ({marks}) ORDER BY rowid"
-                );
-                let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
-                let rows = stmt
-                    .query_map(params_from_iter(chunk.iter().map(|(r, _)| *r)), |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            typed_value(r, 2)?,
-                        ))
-                    })
-                    .map_err(&e)?;
-                for row in rows {
-                    let (rowid, key, value) = row.map_err(&e)?;
-                    let f = out.entry(rowid).or_default();
-                    let entry = f
-                        .metadata
-                        .entry(key)
-                        .or_insert_with(|| MetaValue::List(Vec::new()));
-                    if let (MetaValue::List(items), Some(v)) = (entry, value) {
-                        items.push(v);
-                    }
+            if !arrays {
+                continue;
+            }
+            // List values (1.5+): one row per element, in rowid order.
+            for (rowid, key, value) in
+                metadata_rows(conn, &self.dir, "embedding_metadata_array", &ids)?
+            {
+                let f = out.entry(rowid).or_default();
+                let entry = f
+                    .metadata
+                    .entry(key)
+                    .or_insert_with(|| MetaValue::List(Vec::new()));
+                if let (MetaValue::List(items), Some(v)) = (entry, value) {
+                    items.push(v);
                 }
             }
         }

@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::record::{MetaValue, Metadata, Record, SourceBatch};
@@ -74,18 +73,12 @@ impl JsonlDir {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, p)| p.clone())
-            .ok_or_else(|| SourceError::NoSuchCollection {
-                name: name.into(),
-                source_desc: format!("JSON Lines in `{}`", self.path.display()),
-                available: if files.is_empty() {
-                    "no .jsonl files".into()
-                } else {
-                    files
-                        .iter()
-                        .map(|(n, _)| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
+            .ok_or_else(|| {
+                SourceError::no_such_collection(
+                    name,
+                    format!("JSON Lines in `{}`", self.path.display()),
+                    files.iter().map(|(n, _)| n.as_str()),
+                )
             })
     }
 
@@ -295,18 +288,9 @@ impl Source for JsonlDir {
         collection: &str,
         batch_size: usize,
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let me = self.clone();
         let name = collection.to_string();
-        std::thread::spawn(move || {
-            me.read_sync(
-                &name,
-                batch_size.max(1),
-                &mut |b| tx.blocking_send(b).is_ok(),
-                None,
-            )
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        super::blocking_stream(move |sink| me.read_sync(&name, batch_size.max(1), sink, None))
     }
 
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {

@@ -84,6 +84,26 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// "No such collection", listing the ones that exist.
+    pub fn no_such_collection<'a>(
+        name: &str,
+        source_desc: String,
+        existing: impl IntoIterator<Item = &'a str>,
+    ) -> SourceError {
+        let names: Vec<String> = existing.into_iter().map(|n| format!("`{n}`")).collect();
+        SourceError::NoSuchCollection {
+            name: name.to_string(),
+            source_desc,
+            available: if names.is_empty() {
+                "no collections".into()
+            } else {
+                names.join(", ")
+            },
+        }
+    }
+}
+
 /// A readable store of collections.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync {
@@ -96,18 +116,10 @@ pub trait Source: Send + Sync {
     /// One collection by name; the error lists the ones that exist.
     async fn collection(&self, name: &str) -> Result<CollectionInfo, SourceError> {
         let all = self.list_collections().await?;
-        let names: Vec<String> = all.iter().map(|c| format!("`{}`", c.name)).collect();
-        all.into_iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| SourceError::NoSuchCollection {
-                name: name.to_string(),
-                source_desc: self.describe(),
-                available: if names.is_empty() {
-                    "no collections".into()
-                } else {
-                    names.join(", ")
-                },
-            })
+        let names: Vec<String> = all.iter().map(|c| c.name.clone()).collect();
+        all.into_iter().find(|c| c.name == name).ok_or_else(|| {
+            SourceError::no_such_collection(name, self.describe(), names.iter().map(String::as_str))
+        })
     }
 
     /// Streams every live record of a collection in batches of at most `batch_size`.
@@ -119,4 +131,17 @@ pub trait Source: Send + Sync {
 
     /// The records with the given ids (absent ids are left out).
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError>;
+}
+
+/// Runs a blocking reader on its own thread and turns what it hands to its
+/// sink into a stream. The channel holds two batches, so at most about three
+/// are alive; when the stream is dropped the sink returns false and the
+/// reader stops.
+pub(crate) fn blocking_stream(
+    reader: impl FnOnce(&mut dyn FnMut(Result<SourceBatch, SourceError>) -> bool) + Send + 'static,
+) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    std::thread::spawn(move || reader(&mut |b| tx.blocking_send(b).is_ok()));
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
