@@ -189,9 +189,15 @@ impl Source for ChromaDir {
 
     async fn list_collections(&self) -> Result<Vec<CollectionInfo>, SourceError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.list_sync())
-            .await
-            .expect("reader thread panicked")
+        super::run_blocking(move || me.list_sync()).await
+    }
+
+    /// Loads only the named collection: listing all of them would replay
+    /// every collection's queue and map every HNSW file.
+    async fn collection(&self, name: &str) -> Result<CollectionInfo, SourceError> {
+        let me = self.clone();
+        let name = name.to_string();
+        super::run_blocking(move || me.ctx(&me.connect()?, &name)?.info()).await
     }
 
     fn read(
@@ -208,9 +214,7 @@ impl Source for ChromaDir {
         let me = self.clone();
         let name = collection.to_string();
         let ids = ids.to_vec();
-        tokio::task::spawn_blocking(move || me.get_sync(&name, &ids))
-            .await
-            .expect("reader thread panicked")
+        super::run_blocking(move || me.get_sync(&name, &ids)).await
     }
 }
 

@@ -271,7 +271,7 @@ impl Source for JsonlDir {
 
     async fn list_collections(&self) -> Result<Vec<CollectionInfo>, SourceError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
+        super::run_blocking(move || {
             me.files()?
                 .into_iter()
                 .map(|(n, p)| {
@@ -280,7 +280,20 @@ impl Source for JsonlDir {
                 .collect()
         })
         .await
-        .expect("reader thread panicked")
+    }
+
+    /// Counts only the named file: listing would read every file in full.
+    async fn collection(&self, name: &str) -> Result<CollectionInfo, SourceError> {
+        let me = self.clone();
+        let name = name.to_string();
+        super::run_blocking(move || {
+            let file = me.file(&name)?;
+            me.info_sync(
+                &name,
+                &file.file_name().unwrap_or_default().to_string_lossy(),
+            )
+        })
+        .await
     }
 
     fn read(
@@ -297,7 +310,7 @@ impl Source for JsonlDir {
         let me = self.clone();
         let name = collection.to_string();
         let wanted: HashSet<String> = ids.iter().cloned().collect();
-        tokio::task::spawn_blocking(move || {
+        super::run_blocking(move || {
             let mut all = SourceBatch::default();
             let mut failure = None;
             me.read_sync(
@@ -324,6 +337,5 @@ impl Source for JsonlDir {
             }
         })
         .await
-        .expect("reader thread panicked")
     }
 }

@@ -145,3 +145,12 @@ pub(crate) fn blocking_stream(
     std::thread::spawn(move || reader(&mut |b| tx.blocking_send(b).is_ok()));
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
+
+/// Runs blocking source work (SQLite, file reads) off the async runtime.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("reader thread panicked")
+}
