@@ -26,8 +26,15 @@ if [ ! -f "$DATA/.concepts" ]; then
   "$PY" scripts/make_large.py "$DATA" 1000 "$DIM" canvas_concepts
   touch "$DATA/.concepts"
 fi
-cargo build --release --locked -q
+BIG="$BENCH_DIR/large-1000000x128"
+if [ "${SKIP_BIG:-0}" != 1 ] && [ ! -f "$BIG/.ready" ]; then
+  rm -rf "$BIG"
+  "$PY" scripts/make_large.py "$BIG" 1000000 128 canvas_explanations
+  touch "$BIG/.ready"
+fi
+cargo build --release --locked -q --bin lanceferry --example read_source
 BIN="$CARGO_TARGET_DIR/release/lanceferry"
+READ="$CARGO_TARGET_DIR/release/examples/read_source"
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -81,3 +88,33 @@ measure "lanceferry apply (copy)" "$BIN" apply "$OUT/copy-only.yaml" --auto-appr
 cp -r "$DATA" "$OUT/pycopy"   # chromadb may write to the directory it opens
 measure "python get()+add pipeline" "$PY" scripts/bench_python_pipeline.py "$OUT/pycopy" "$OUT/lancedb-py" canvas_explanations
 cat "$OUT/python get()+add pipeline.out"
+
+# Readers: the whole collection streamed and discarded, vectors included.
+echo "readers (canvas_explanations, pages of 1000):"
+measure "read: on-disk (lanceferry)" "$READ" --path "$DATA" canvas_explanations 1000
+cat "$OUT/read: on-disk (lanceferry).out"
+cp -r "$DATA" "$OUT/srvcopy"   # the server may write to its directory
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$(dirname "$PY")/chroma" run --path "$OUT/srvcopy" --host 127.0.0.1 --port "$PORT" > "$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; rm -rf "$OUT"' EXIT
+for _ in $(seq 1 150); do
+  curl -sf "http://127.0.0.1:$PORT/api/v2/heartbeat" > /dev/null && break
+  sleep 0.2
+done
+measure "read: HTTP (lanceferry)" "$READ" --url "http://127.0.0.1:$PORT" canvas_explanations 1000
+cat "$OUT/read: HTTP (lanceferry).out"
+measure "read: chromadb HttpClient" "$PY" scripts/bench_python_get.py --url "127.0.0.1:$PORT" canvas_explanations 1000
+cat "$OUT/read: chromadb HttpClient.out"
+kill $SERVER; wait $SERVER 2>/dev/null || true
+cp -r "$DATA" "$OUT/pyread"
+measure "read: chromadb PersistentClient" "$PY" scripts/bench_python_get.py --path "$OUT/pyread" canvas_explanations 1000
+cat "$OUT/read: chromadb PersistentClient.out"
+
+# Memory does not grow with the collection: 1,000,000 x 128 through the
+# same copy-only mapping (validation included).
+if [ "${SKIP_BIG:-0}" != 1 ]; then
+  sed -e "s#$DATA#$BIG#" -e "s#lancedb-copy#lancedb-big#" -e "s#state-copy#state-big#" \
+    "$OUT/copy-only.yaml" > "$OUT/big.yaml"
+  measure "lanceferry apply (1M x 128)" "$BIN" apply "$OUT/big.yaml" --auto-approve
+fi

@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod cli;
 pub mod engine;
+pub mod export;
 pub mod graph;
 pub mod plan;
 pub mod source;

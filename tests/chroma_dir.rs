@@ -5,32 +5,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use lanceferry::source::SourceError;
 use lanceferry::source::chroma_dir::ChromaDir;
-use lanceferry::source::{MetaValue, SourceBatch, SourceError};
-
-fn read_all(dir: &ChromaDir, name: &str, batch: usize) -> SourceBatch {
-    let mut all = SourceBatch::default();
-    let mut max_batch = 0;
-    dir.read_sync(name, batch, |b| {
-        let b = b.unwrap_or_else(|e| panic!("reading `{name}`: {e}"));
-        max_batch = max_batch.max(b.len());
-        all.dim = b.dim;
-        all.ids.extend(b.ids);
-        all.documents.extend(b.documents);
-        all.uris.extend(b.uris);
-        all.metadatas.extend(b.metadatas);
-        all.embeddings.extend(b.embeddings);
-        true
-    });
-    assert!(
-        max_batch <= batch,
-        "a batch of {max_batch} exceeds the batch size {batch}"
-    );
-    all
-}
 
 fn file_hashes(dir: &Path) -> BTreeMap<String, String> {
     use sha2::{Digest, Sha256};
@@ -56,90 +35,15 @@ fn file_hashes(dir: &Path) -> BTreeMap<String, String> {
 fn compare_with_truth(version: &str) {
     let fx = common::fixture(version);
     let chroma = fx.join("chroma");
-    let truth = common::truth(&fx);
     let before = file_hashes(&chroma);
     let dir = ChromaDir::open(&chroma).unwrap();
-    let infos = dir.list_sync().unwrap();
-    let collections = truth["collections"].as_object().unwrap();
-    assert_eq!(
-        infos.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-        collections.keys().cloned().collect::<Vec<_>>(),
-        "collection names"
-    );
-    for info in &infos {
-        let t = &collections[&info.name];
-        let ctx = format!("chromadb {version}, collection `{}`", info.name);
-        assert_eq!(info.count, t["count"].as_u64().unwrap(), "{ctx}: count");
-        assert_eq!(info.id, t["id"].as_str().unwrap(), "{ctx}: id");
-        assert_eq!(
-            serde_json::to_value(info.space).unwrap(),
-            t["space"],
-            "{ctx}: space"
-        );
-        if let Some(d) = t["dimension"].as_u64() {
-            assert_eq!(info.dimension, Some(d as u32), "{ctx}: dimension");
-        }
-        let got = read_all(&dir, &info.name, 97);
-        assert_eq!(got.len() as u64, info.count, "{ctx}: records read vs count");
-        let index: HashMap<&str, usize> = got
-            .ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), i))
-            .collect();
-        assert_eq!(index.len(), got.len(), "{ctx}: duplicate ids");
-        let ids = t["ids"].as_array().unwrap();
-        assert_eq!(ids.len(), got.len(), "{ctx}: number of records");
-        for (ti, id) in ids.iter().enumerate() {
-            let id = id.as_str().unwrap();
-            let gi = *index
-                .get(id)
-                .unwrap_or_else(|| panic!("{ctx}: id `{id}` missing"));
-            let doc = &t["documents"][ti];
-            assert_eq!(
-                got.documents[gi].as_deref(),
-                doc.as_str(),
-                "{ctx}: document of `{id}`"
-            );
-            let uri = &t["uris"][ti];
-            assert_eq!(
-                got.uris[gi].as_deref(),
-                uri.as_str(),
-                "{ctx}: uri of `{id}`"
-            );
-            let meta = &t["metadatas"][ti];
-            let want: Option<BTreeMap<String, MetaValue>> = meta.as_object().map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| MetaValue::from_json(v).map(|mv| (k.clone(), mv)))
-                    .collect()
-            });
-            let want = want.filter(|m| !m.is_empty());
-            assert_eq!(got.metadatas[gi], want, "{ctx}: metadata of `{id}`");
-            let emb: Vec<f64> = t["embeddings"][ti]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            let g = got.embedding(gi);
-            assert_eq!(g.len(), emb.len(), "{ctx}: dimension of `{id}`");
-            for (a, b) in g.iter().zip(&emb) {
-                let err = (*a as f64 - b).abs() / b.abs().max(1e-30);
-                assert!(
-                    err <= 1e-6 || (*a as f64 - b).abs() < 1e-12,
-                    "{ctx}: vector of `{id}`: {a} vs {b}"
-                );
-            }
-        }
-        // Fetch by id returns the same records (and skips absent ids).
-        if let Some(first) = got.ids.first() {
-            let some = dir
-                .get_sync(&info.name, &[first.clone(), "no-such-id".into()])
-                .unwrap();
-            assert_eq!(some.ids, vec![first.clone()], "{ctx}: get by id");
-            assert_eq!(some.embedding(0), got.embedding(0), "{ctx}: get vector");
-        }
-    }
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::truth::assert_source_matches(
+            &dir,
+            &common::truth(&fx),
+            &format!("chromadb {version} on disk"),
+        ));
     assert_eq!(
         before,
         file_hashes(&chroma),

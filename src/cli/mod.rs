@@ -5,6 +5,7 @@
 //! codes: 0 success, 1 failure (including usage errors), 2 reserved for
 //! "`plan` found changes" (`--detailed-exitcode`).
 
+mod data;
 mod output;
 mod progress;
 
@@ -120,11 +121,8 @@ enum Command {
     },
     /// Show a source's collections: counts, dimensions, spaces, metadata keys and their types.
     Inspect {
-        /// A plan whose source to inspect (or use --path).
-        plan: Option<PathBuf>,
-        /// A Chroma persistent directory.
-        #[arg(long, conflicts_with = "plan", value_name = "DIR")]
-        path: Option<PathBuf>,
+        #[command(flatten)]
+        from: SourceArgs,
         /// Only this collection.
         #[arg(long, value_name = "NAME")]
         collection: Option<String>,
@@ -132,6 +130,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write collections as JSON Lines ({"doc_id","content","metadata","embedding"}), readable by the `jsonl` source.
+    Export {
+        #[command(flatten)]
+        from: SourceArgs,
+        /// Only this collection (default: the plan's collections, or all).
+        #[arg(long, value_name = "NAME")]
+        collection: Option<String>,
+        /// A `.jsonl` or `.jsonl.gz` file for one collection, or a directory for several.
+        #[arg(long, value_name = "FILE|DIR")]
+        out: PathBuf,
+        /// Print what was written as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, verify and restore the backups taken before applies.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Break the lock left by apply ID (when its process is gone for good).
     Unlock {
         /// The plan file.
@@ -139,6 +154,106 @@ enum Command {
         /// The apply id named in the lock error.
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// The backups in a plan's `backup.dir` (or --dir), oldest first.
+    List {
+        /// The plan whose backups to list (or use --dir).
+        plan: Option<PathBuf>,
+        /// A backup directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "plan")]
+        dir: Option<PathBuf>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every file of a backup against its manifest.
+    Verify {
+        /// A `.tar.gz` archive or a `-jsonl` directory.
+        backup: PathBuf,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore an archive into a directory (checked entry by entry, then against the manifest).
+    Restore {
+        /// A `.tar.gz` archive.
+        backup: PathBuf,
+        /// The directory to restore into; must be empty or absent unless --force.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Move a non-empty --to directory aside (renamed, never deleted) and restore.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a command that reads a source without applying (`inspect`,
+/// `export`) reads from: a plan's source, a directory, or a server.
+#[derive(Debug, Args)]
+struct SourceArgs {
+    /// A plan whose source to read (or use --path / --url).
+    plan: Option<PathBuf>,
+    /// A Chroma persistent directory.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["plan", "url"])]
+    path: Option<PathBuf>,
+    /// A running Chroma server, e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL", conflicts_with = "plan")]
+    url: Option<String>,
+    /// Chroma tenant for --url.
+    #[arg(long, requires = "url", default_value = plan::model::DEFAULT_TENANT)]
+    tenant: String,
+    /// Chroma database for --url.
+    #[arg(long, requires = "url", default_value = plan::model::DEFAULT_DATABASE)]
+    database: String,
+    /// The environment variable holding the token for --url (sent only if set).
+    #[arg(
+        long,
+        requires = "url",
+        default_value = "CHROMA_TOKEN",
+        value_name = "VAR"
+    )]
+    token_var: String,
+    /// The header that carries the token: x-chroma-token or authorization (Bearer).
+    #[arg(long, requires = "url", default_value = "x-chroma-token", value_parser = parse_token_header)]
+    token_header: plan::TokenHeader,
+}
+
+fn parse_token_header(s: &str) -> Result<plan::TokenHeader, String> {
+    match s {
+        "x-chroma-token" => Ok(plan::TokenHeader::XChromaToken),
+        "authorization" => Ok(plan::TokenHeader::Authorization),
+        _ => Err("expected `x-chroma-token` or `authorization`".into()),
+    }
+}
+
+impl SourceArgs {
+    fn source(&self, global: &GlobalArgs, out: &Output, command: &str) -> Result<plan::Source> {
+        Ok(match (&self.plan, &self.path, &self.url) {
+            (_, Some(p), _) => plan::Source::ChromaDir { path: p.clone() },
+            (_, _, Some(url)) => plan::Source::ChromaHttp {
+                url: url.trim_end_matches('/').to_string(),
+                tenant: self.tenant.clone(),
+                database: self.database.clone(),
+                token: std::env::var(&self.token_var)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| plan::Secret::new(t, self.token_var.clone())),
+                token_header: self.token_header,
+                timeout_secs: plan::model::DEFAULT_TIMEOUT_SECS,
+                ca_cert: None,
+            },
+            (Some(plan), None, None) => load(plan, global, out)?.source,
+            (None, None, None) => anyhow::bail!(
+                "nothing to {command}\nhint: give a plan (`lanceferry {command} plans/canvas.yaml`), a directory (`--path ./chroma_db`) or a server (`--url http://127.0.0.1:8000`)"
+            ),
+        })
+    }
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -363,18 +478,11 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Inspect {
-            plan,
-            path,
+            from,
             collection,
             json,
         } => {
-            let spec = match (plan, path) {
-                (_, Some(p)) => crate::plan::Source::ChromaDir { path: p.clone() },
-                (Some(plan), None) => load(plan, &cli.global, out)?.source,
-                (None, None) => anyhow::bail!(
-                    "nothing to inspect\nhint: give a plan (`lanceferry inspect plans/canvas.yaml`) or a directory (`--path ./chroma_db`)"
-                ),
-            };
+            let spec = from.source(&cli.global, out, "inspect")?;
             let source = crate::source::open(&spec)?;
             let report = runtime()?.block_on(crate::source::inspect::inspect(
                 source.as_ref(),
@@ -386,6 +494,56 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                 stdout.write_all(crate::source::inspect::render(&report).as_bytes())?;
             }
         }
+        Command::Export {
+            from,
+            collection,
+            out: out_path,
+            json,
+        } => {
+            let (spec, plan_collections) = match (&from.plan, &from.path, &from.url) {
+                (Some(p), None, None) => {
+                    let plan = load(p, &cli.global, out)?;
+                    let names = plan.collections.iter().map(|c| c.source.clone()).collect();
+                    (plan.source, Some(names))
+                }
+                _ => (from.source(&cli.global, out, "export")?, None),
+            };
+            let source = crate::source::open(&spec)?;
+            data::export(
+                source.as_ref(),
+                plan_collections,
+                collection.as_deref(),
+                out_path,
+                *json,
+                out,
+                stdout,
+            )?;
+        }
+        Command::Backup(cmd) => match cmd {
+            BackupCommand::List { plan, dir, json } => {
+                let dir = match (plan, dir) {
+                    (_, Some(d)) => d.clone(),
+                    (Some(p), None) => match load(p, &cli.global, out)?.backup {
+                        Some(b) => b.dir,
+                        None => anyhow::bail!(
+                            "plan `{}` has no `backup:` section\nhint: add `backup: {{ dir: ./backups }}` to take a backup before each apply, or give --dir",
+                            p.display()
+                        ),
+                    },
+                    (None, None) => anyhow::bail!(
+                        "no backups named\nhint: give a plan (`lanceferry backup list plans/canvas.yaml`) or a directory (`--dir ./backups`)"
+                    ),
+                };
+                data::backup_list(&dir, *json, stdout)?;
+            }
+            BackupCommand::Verify { backup, json } => data::backup_verify(backup, *json, stdout)?,
+            BackupCommand::Restore {
+                backup,
+                to,
+                force,
+                json,
+            } => data::backup_restore(backup, to, *force, *json, stdout)?,
+        },
         Command::Unlock { plan, id } => {
             let plan = load(plan, &cli.global, out)?;
             let store = crate::state::StateStore::new(&plan.state_dir, &plan.name);

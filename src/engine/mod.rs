@@ -378,15 +378,38 @@ async fn backup(ctx: &Arc<Ctx>) -> Result<(), String> {
     let Some(b) = &ctx.plan.backup else {
         return Ok(());
     };
-    let SourceSpec::ChromaDir { path } = &ctx.plan.source else {
-        ctx.warn("backup: only a Chroma directory source is archived; this source is not".into());
-        return Ok(());
-    };
-    let (path, dir, keep) = (path.clone(), b.dir.clone(), b.keep);
-    let result = tokio::task::spawn_blocking(move || crate::backup::create(&path, &dir, keep))
-        .await
-        .expect("backup thread panicked")
-        .map_err(|e| e.to_string())?;
+    let result = match &ctx.plan.source {
+        SourceSpec::ChromaDir { path } => {
+            let (path, dir, keep) = (path.clone(), b.dir.clone(), b.keep);
+            tokio::task::spawn_blocking(move || crate::backup::create(&path, &dir, keep))
+                .await
+                .expect("backup thread panicked")
+        }
+        // No directory to archive: export the planned collections.
+        SourceSpec::ChromaHttp { url, .. } => {
+            let mut names: Vec<String> = ctx
+                .plan
+                .collections
+                .iter()
+                .map(|c| c.source.clone())
+                .collect();
+            names.sort();
+            names.dedup();
+            crate::backup::create_jsonl(
+                ctx.source.as_ref(),
+                &names,
+                &crate::backup::url_stem(url),
+                &b.dir,
+                b.keep,
+            )
+            .await
+        }
+        SourceSpec::Jsonl { .. } => {
+            ctx.warn("backup: a JSON Lines source is already a file backup; skipped".into());
+            return Ok(());
+        }
+    }
+    .map_err(|e| e.to_string())?;
     ctx.progress.message(&format!(
         "backup: {} ({} files, {:.1} MB)",
         result.archive.display(),

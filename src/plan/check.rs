@@ -283,6 +283,7 @@ fn check_source(
                         "tenant",
                         "database",
                         "timeout_secs",
+                        "ca_cert",
                     ] {
                         if raw.entry_at(base, key).is_some() {
                             errs.push(loc.diag(
@@ -349,6 +350,7 @@ fn check_source(
                         token,
                         token_header: c.token_header.unwrap_or(TokenHeader::XChromaToken),
                         timeout_secs: c.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+                        ca_cert: c.ca_cert.as_ref().map(PathBuf::from),
                     })
                 }
             }

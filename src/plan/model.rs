@@ -81,6 +81,7 @@ pub enum Source {
         token: Option<Secret>,
         token_header: TokenHeader,
         timeout_secs: u64,
+        ca_cert: Option<PathBuf>,
     },
     /// JSON Lines files, one per collection.
     Jsonl { path: PathBuf, space: DistanceSpace },

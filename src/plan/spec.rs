@@ -75,6 +75,9 @@ pub struct ChromaSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_secs: Option<u64>,
+    /// A PEM file of certificates to trust for an `https://` `url` (a private CA), in addition to the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
 }
 
 /// The HTTP header used for the Chroma token.

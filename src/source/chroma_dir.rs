@@ -654,7 +654,16 @@ impl CollectionCtx {
                 .map_err(&e)?
                 .flatten();
         }
-        let space = resolve_space(&collection_metadata, segment_space.as_deref(), &meta);
+        let json = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        };
+        let space = super::space::resolve_space(
+            &collection_metadata,
+            segment_space.as_deref(),
+            json(&meta.schema_json).as_ref(),
+            json(&meta.config_json).as_ref(),
+        );
         collection_metadata.retain(|k, _| !k.starts_with("hnsw:"));
 
         // The vector segment's files and position.
@@ -1137,52 +1146,4 @@ impl CollectionCtx {
         }
         Ok(batch)
     }
-}
-
-/// The distance space, by the rules of `chroma-format.md`: `hnsw:space`
-/// metadata wins (0.5/0.6 configs can say `l2` for a cosine collection),
-/// then the 1.3+ schema, then the 1.0–1.2 configuration, then `l2`.
-fn resolve_space(
-    collection_metadata: &BTreeMap<String, MetaValue>,
-    segment_space: Option<&str>,
-    meta: &CollectionMeta,
-) -> DistanceSpace {
-    let parse = |s: &str| match s {
-        "cosine" => Some(DistanceSpace::Cosine),
-        "ip" => Some(DistanceSpace::Ip),
-        "l2" => Some(DistanceSpace::L2),
-        _ => None,
-    };
-    if let Some(MetaValue::Str(s)) = collection_metadata.get("hnsw:space")
-        && let Some(sp) = parse(s)
-    {
-        return sp;
-    }
-    if let Some(sp) = segment_space.and_then(parse) {
-        return sp;
-    }
-    if let Some(schema) = meta
-        .schema_json
-        .as_deref()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-    {
-        let keyed = schema.pointer("/keys/#embedding/float_list/vector_index/config/space");
-        let default = schema.pointer("/defaults/float_list/vector_index/config/space");
-        if let Some(sp) = keyed.or(default).and_then(|v| v.as_str()).and_then(parse) {
-            return sp;
-        }
-    }
-    if let Some(config) = meta
-        .config_json
-        .as_deref()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        && let Some(sp) = config
-            .pointer("/vector_index/hnsw/space")
-            .or_else(|| config.pointer("/hnsw/space"))
-            .and_then(|v| v.as_str())
-            .and_then(parse)
-    {
-        return sp;
-    }
-    DistanceSpace::L2
 }

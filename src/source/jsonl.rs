@@ -3,6 +3,9 @@
 //! "embedding"}`, one file per collection (`<dir>/<name>.jsonl` or
 //! `.jsonl.gz`). Lets an export be re-imported elsewhere.
 //!
+//! lanceferry's own export adds `"uri"` to a line when the record has one;
+//! readers of the original format ignore it.
+//!
 //! JSON Lines records no distance space, so the plan states it
 //! (`source.jsonl.space`, default `l2`). Integers in metadata are read as
 //! i64 exactly (serde_json keeps them), floats as f64.
@@ -170,10 +173,23 @@ impl JsonlDir {
                     format!("`embedding` of `{id}` holds a non-number"),
                 )
             })?;
+        // Not in the original format; lanceferry's export adds it when set.
+        let uri = match obj.get("uri") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(bad(
+                    file,
+                    n,
+                    collection,
+                    format!("`uri` of `{id}` is not a string"),
+                ));
+            }
+        };
         Ok(Record {
             id,
             document,
-            uri: None,
+            uri,
             metadata,
             embedding,
         })

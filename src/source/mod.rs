@@ -8,10 +8,12 @@
 //! Chroma is encoded in exactly one place.
 
 pub mod chroma_dir;
+pub mod chroma_http;
 pub mod inspect;
 pub mod jsonl;
 mod open;
 pub mod record;
+mod space;
 
 pub use open::open;
 
@@ -65,9 +67,52 @@ pub enum SourceError {
         hint: String,
     },
     #[error(
-        "this lanceferry cannot read {what} yet; it reads Chroma persistent directories and JSON Lines\nhint: set `source.chroma.path` to the Chroma directory (stop the application, or copy the directory first)"
+        "cannot reach the Chroma server at `{url}`: {reason} (tried {tries} times)\nhint: start the server (`chroma run --path DIR`) or fix `source.chroma.url`; to read without a server, use `source.chroma.path`"
     )]
-    Unsupported { what: String },
+    Unreachable {
+        url: String,
+        reason: String,
+        tries: u32,
+    },
+    #[error(
+        "the Chroma server at `{url}` refused the request (HTTP {status}): {message}\nhint: {hint}"
+    )]
+    Unauthorized {
+        url: String,
+        status: u16,
+        message: String,
+        hint: String,
+    },
+    #[error(
+        "the Chroma server at `{url}` failed {what}{}: {message}\nhint: {hint}",
+        status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+    )]
+    Server {
+        url: String,
+        what: String,
+        status: Option<u16>,
+        message: String,
+        hint: String,
+    },
+    #[error(
+        "the Chroma server at `{url}` has no database `{database}` in tenant `{tenant}`: {message}\nhint: fix `source.chroma.tenant` / `source.chroma.database` (defaults `default_tenant` / `default_database`)"
+    )]
+    NoSuchDatabase {
+        url: String,
+        tenant: String,
+        database: String,
+        message: String,
+    },
+    #[error(
+        "collection `{collection}` in {source_desc} changed while it was read: {before} records before, {after} after, {read} read\nhint: stop the applications writing to it (or read a copy of its persistent directory with `source.chroma.path`), then run the command again"
+    )]
+    ChangedDuringRead {
+        collection: String,
+        source_desc: String,
+        before: u64,
+        after: u64,
+        read: u64,
+    },
     #[error("cannot read `{path}`: {source}\nhint: check that the path exists and is readable")]
     Io {
         path: String,

@@ -10,6 +10,9 @@
 
 #![allow(dead_code)]
 
+pub mod server;
+pub mod truth;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
