@@ -97,7 +97,7 @@ cp -r "$DATA" "$OUT/srvcopy"   # the server may write to its directory
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$(dirname "$PY")/chroma" run --path "$OUT/srvcopy" --host 127.0.0.1 --port "$PORT" > "$OUT/server.log" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; rm -rf "$OUT"' EXIT
+trap 'kill $SERVER 2>/dev/null || true; rm -rf "$OUT"' EXIT
 for _ in $(seq 1 150); do
   curl -sf "http://127.0.0.1:$PORT/api/v2/heartbeat" > /dev/null && break
   sleep 0.2

@@ -347,3 +347,89 @@ collections:
     assert_eq!(c["count"], 300);
     assert_eq!(c["dimension"], 8);
 }
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (openssl CLI).
+fn private_ca(dir: &std::path::Path) {
+    let sh = |args: &str| {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            o.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=lanceferry-test-ca",
+    );
+    sh("openssl req -newkey rsa:2048 -nodes -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1");
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh(
+        "openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile ext.cnf",
+    );
+}
+
+#[test]
+fn https_with_a_private_ca() {
+    let server = ChromaServer::start("1.5.9");
+    let tmp = tempfile::tempdir().unwrap();
+    private_ca(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut proxy = std::process::Command::new(common::python("1.5.9"))
+        .arg(common::repo().join("tests/tls_proxy.py"))
+        .arg(server.url())
+        .arg(port.to_string())
+        .arg(tmp.path().join("leaf.pem"))
+        .arg(tmp.path().join("leaf.key"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let url = format!("https://127.0.0.1:{port}");
+    let result = rt().block_on(async {
+        // Not trusted by default: a clear error, at once (never retried).
+        let err = client(&url)
+            .list_collections()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TLS handshake") && err.contains("ca_cert"),
+            "{err}"
+        );
+        let mut o = HttpOptions::new(url.clone());
+        o.ca_cert = Some(tmp.path().join("ca.pem"));
+        let source = ChromaHttp::new(o).unwrap();
+        let names: Vec<String> = source
+            .list_collections()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let batch = common::truth::read_all(&source, "basic", 100).await;
+        (names, batch.len())
+    });
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(result.0.contains(&"basic".to_string()), "{:?}", result.0);
+    assert_eq!(result.1, 300);
+}

@@ -21,7 +21,7 @@
 //! (bounded by Chroma's sync threshold). The directory is never written:
 //! SQLite is opened with `mode=ro`, files with read-only handles.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -460,6 +460,61 @@ impl Hnsw {
             .is_some_and(|l| self.slots.contains_key(&(*l as u64)))
     }
 
+    fn slot_of(&self, id: &str) -> Option<u64> {
+        self.id_to_label
+            .get(id)
+            .and_then(|l| self.slots.get(&(*l as u64)))
+            .copied()
+    }
+
+    /// Reads slots `first..=last` with one read of `data_level0.bin` (and
+    /// one of `length.bin`): a page of records written in order sits in
+    /// consecutive slots, so this replaces two small reads per record.
+    fn read_range(&self, first: u64, last: u64, cosine: bool) -> Result<SlotRange, SourceError> {
+        let n = (last - first + 1) as usize;
+        let mut bytes = vec![0u8; n * self.size_per_element as usize];
+        self.data
+            .read_exact_at(&mut bytes, first * self.size_per_element)
+            .map_err(|source| SourceError::Io {
+                path: self.data_path.display().to_string(),
+                source,
+            })?;
+        let norms = match (&self.lengths, cosine) {
+            (Some(f), true) => {
+                let mut b = vec![0u8; n * 4];
+                f.read_exact_at(&mut b, first * 4)
+                    .map_err(|source| SourceError::Io {
+                        path: "length.bin".into(),
+                        source,
+                    })?;
+                Some(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        Ok(SlotRange {
+            first,
+            last,
+            bytes,
+            norms,
+        })
+    }
+
+    /// The vector in `slot` from a range read by [`Hnsw::read_range`].
+    fn vector_in(&self, r: &SlotRange, slot: u64, out: &mut Vec<f32>) {
+        let i = (slot - r.first) as usize;
+        let at = i * self.size_per_element as usize + self.offset_data as usize;
+        let scale = r.norms.as_ref().map_or(1.0, |n| n[i]);
+        out.extend(
+            r.bytes[at..at + self.dim * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale),
+        );
+    }
+
     /// The stored vector of `id`, de-normalised for cosine spaces.
     fn vector(&self, id: &str, cosine: bool, out: &mut Vec<f32>) -> Result<bool, SourceError> {
         let Some(slot) = self
@@ -500,6 +555,15 @@ impl Hnsw {
         );
         Ok(true)
     }
+}
+
+/// Consecutive HNSW slots read at once.
+struct SlotRange {
+    first: u64,
+    last: u64,
+    bytes: Vec<u8>,
+    /// Cosine norms from `length.bin`, when the space is cosine.
+    norms: Option<Vec<f32>>,
 }
 
 /// The state of a record's non-vector fields after the queue.
@@ -1035,7 +1099,12 @@ impl CollectionCtx {
         Ok(count.max(0) as u64)
     }
 
-    fn record(&self, id: &str, fields: Fields) -> Result<Record, SourceError> {
+    fn record(
+        &self,
+        id: &str,
+        fields: Fields,
+        ranges: &[SlotRange],
+    ) -> Result<Record, SourceError> {
         let cosine = self.space == DistanceSpace::Cosine;
         let mut embedding = Vec::with_capacity(self.dim.unwrap_or(0));
         match self.vector_overlay.get(id) {
@@ -1047,7 +1116,21 @@ impl CollectionCtx {
             }
             None => {
                 let found = match &self.hnsw {
-                    Some(h) => h.vector(id, cosine, &mut embedding)?,
+                    Some(h) => {
+                        let slot = h.slot_of(id);
+                        // The range holding the slot: the last starting at or before it.
+                        let r = slot.and_then(|slot| {
+                            let i = ranges.partition_point(|r| r.first <= slot);
+                            ranges[..i].last().filter(|r| slot <= r.last)
+                        });
+                        match (slot, r) {
+                            (Some(slot), Some(r)) => {
+                                h.vector_in(r, slot, &mut embedding);
+                                true
+                            }
+                            _ => h.vector(id, cosine, &mut embedding)?,
+                        }
+                    }
                     None => false,
                 };
                 if !found {
@@ -1076,11 +1159,11 @@ impl CollectionCtx {
         let dim = self.dim.unwrap_or(0);
         let mut batch = SourceBatch::with_capacity(batch_size, dim);
         let mut last = i64::MIN;
-        let mut emitted: HashSet<String> = HashSet::new();
+        let cosine = self.space == DistanceSpace::Cosine;
         loop {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, embedding_id FROM embeddings WHERE segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    "SELECT id, embedding_id FROM embeddings WHERE +segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
                 )
                 .map_err(&e)?;
             let page: Vec<(i64, String)> = stmt
@@ -1099,14 +1182,43 @@ impl CollectionCtx {
                 .cloned()
                 .collect();
             let mut fields = self.sqlite_fields(conn, &needs_sqlite)?;
+            // The page's vectors in a few large reads: slots sorted and cut
+            // into runs without big gaps (records written together sit in
+            // nearby slots, though not always in row order).
+            let ranges = match &self.hnsw {
+                Some(h) => {
+                    let mut slots: Vec<u64> = page
+                        .iter()
+                        .filter(|(_, id)| !self.vector_overlay.contains_key(id))
+                        .filter_map(|(_, id)| h.slot_of(id))
+                        .collect();
+                    slots.sort_unstable();
+                    let mut ranges = Vec::new();
+                    let mut run: Option<(u64, u64)> = None;
+                    for s in slots {
+                        run = match run {
+                            Some((lo, hi)) if s <= hi + 8 => Some((lo, s)),
+                            Some((lo, hi)) => {
+                                ranges.push(h.read_range(lo, hi, cosine)?);
+                                Some((s, s))
+                            }
+                            None => Some((s, s)),
+                        };
+                    }
+                    if let Some((lo, hi)) = run {
+                        ranges.push(h.read_range(lo, hi, cosine)?);
+                    }
+                    ranges
+                }
+                None => Vec::new(),
+            };
             for (rowid, id) in page {
                 let f = match self.fields_overlay.get(&id) {
                     Some(None) => continue,
                     Some(Some(f)) => f.clone(),
                     None => fields.remove(&rowid).unwrap_or_default(),
                 };
-                batch.push(self.record(&id, f)?);
-                emitted.insert(id);
+                batch.push(self.record(&id, f, &ranges)?);
                 if batch.len() >= batch_size {
                     let full =
                         std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
@@ -1116,12 +1228,11 @@ impl CollectionCtx {
                 }
             }
         }
+        // Ids written only to the queue have no SQLite row, so the pages
+        // above never yielded them.
         for id in &self.queue_only {
-            if emitted.contains(id) {
-                continue;
-            }
             if let Some(Some(f)) = self.fields_overlay.get(id) {
-                batch.push(self.record(id, f.clone())?);
+                batch.push(self.record(id, f.clone(), &[])?);
                 if batch.len() >= batch_size {
                     let full =
                         std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
@@ -1141,7 +1252,7 @@ impl CollectionCtx {
         let mut batch = SourceBatch::with_capacity(ids.len(), self.dim.unwrap_or(0));
         for id in ids {
             if let Some(f) = self.current_fields(conn, id)? {
-                batch.push(self.record(id, f)?);
+                batch.push(self.record(id, f, &[])?);
             }
         }
         Ok(batch)

@@ -122,7 +122,13 @@ struct Inner {
 /// Why one request failed, before it is given a context.
 enum Failure {
     Unreachable(String),
-    Status { status: StatusCode, message: String },
+    /// The TLS handshake failed (an untrusted or wrong certificate): not
+    /// transient, never retried.
+    Tls(String),
+    Status {
+        status: StatusCode,
+        message: String,
+    },
     Body(String),
 }
 
@@ -267,7 +273,14 @@ impl Inner {
                         Err(e) => Failure::Unreachable(describe_reqwest(&e)),
                     }
                 }
-                Err(e) => Failure::Unreachable(describe_reqwest(&e)),
+                Err(e) => {
+                    let text = describe_reqwest(&e);
+                    if is_tls_failure(&text) {
+                        Failure::Tls(text)
+                    } else {
+                        Failure::Unreachable(text)
+                    }
+                }
             };
             let retryable = match &failure {
                 Failure::Unreachable(_) => true,
@@ -275,7 +288,7 @@ impl Inner {
                     matches!(status.as_u16(), 429 | 502 | 503 | 504)
                         || (status.as_u16() == 500 && !is_not_found(message))
                 }
-                Failure::Body(_) => false,
+                Failure::Body(_) | Failure::Tls(_) => false,
             };
             attempt += 1;
             if !retryable || attempt >= policy.attempts {
@@ -285,7 +298,7 @@ impl Inner {
             let why = match &failure {
                 Failure::Unreachable(r) => r.clone(),
                 Failure::Status { status, message } => format!("HTTP {status}: {message}"),
-                Failure::Body(b) => b.clone(),
+                Failure::Body(b) | Failure::Tls(b) => b.clone(),
             };
             tracing::warn!(
                 "chroma server {}: {why}; retrying in {:.1} s (try {}/{})",
@@ -359,6 +372,17 @@ impl Inner {
                 message,
                 hint: "is this a Chroma server? check `source.chroma.url`".into(),
             },
+            Failure::Tls(reason) => self.tls_error(reason),
+        }
+    }
+
+    fn tls_error(&self, reason: String) -> SourceError {
+        SourceError::Server {
+            url: self.shown.clone(),
+            what: "the TLS handshake".into(),
+            status: None,
+            message: reason,
+            hint: "if the server's certificate comes from a private CA (or is self-signed), set `source.chroma.ca_cert` to that CA's PEM file; check that the URL's host name is the one in the certificate".into(),
         }
     }
 
@@ -381,6 +405,7 @@ impl Inner {
         {
             Ok(_) => ApiVersion::V2,
             Err(Failure::Unreachable(r)) => return Err(unreachable(r)),
+            Err(Failure::Tls(r)) => return Err(self.tls_error(r)),
             Err(Failure::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
                 match self
                     .send(Method::GET, heartbeat("v1"), None, RetryPolicy::PROBE)
@@ -450,7 +475,7 @@ impl Inner {
                     "`/api/v2/heartbeat` and `/api/v1/heartbeat` answered HTTP {status}: {message}"
                 )
             }
-            Failure::Unreachable(r) | Failure::Body(r) => r,
+            Failure::Unreachable(r) | Failure::Body(r) | Failure::Tls(r) => r,
         };
         SourceError::Server {
             url: self.shown.clone(),
@@ -773,6 +798,11 @@ fn preview(body: &[u8]) -> String {
 fn is_not_found(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("does not exist") || m.contains("not found") || m.contains("notfound")
+}
+
+fn is_tls_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("certificate") || t.contains("tls") || t.contains("handshake")
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

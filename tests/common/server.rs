@@ -80,6 +80,8 @@ impl ChromaServer {
             .arg(&self.dir)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // 0.x servers write `chroma.log` into their working directory.
+            .current_dir(self._tmp.path())
             .env("ANONYMIZED_TELEMETRY", "False")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
