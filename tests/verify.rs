@@ -120,3 +120,54 @@ fn verify_json_and_report_file() {
         serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     assert_eq!(from_file, v);
 }
+
+/// Records a plan skips (`on_error: skip`) are not expected in the table:
+/// `verify` must know which, and still catch a real loss.
+#[test]
+fn verify_knows_the_records_the_plan_skips() {
+    let fx = common::fixture("1.5.9");
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("skip.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: skip\nsource:\n  chroma:\n    path: {chroma}\ntarget:\n  lancedb:\n    uri: {out}/lancedb\nstate:\n  path: {out}/state\ncollections:\n  - source: basic\n    columns:\n      - {{ name: id, from: id }}\n      - {{ name: vector, from: embedding }}\n      - {{ name: page, from: metadata.page, type: int64, required: true, on_error: skip }}\n",
+            chroma = fx.join("chroma").display(),
+            out = out.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::cargo_bin("lanceferry")
+            .unwrap()
+            .env("NO_COLOR", "1")
+            .args(args)
+            .arg(&plan)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["apply", "--auto-approve"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["verify", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let skipped = report[0]["ids"]["expected_skipped"].as_u64().unwrap();
+    assert!(
+        skipped > 0,
+        "the fixture has records without `page`: {report}"
+    );
+    // A real loss is still caught.
+    let script = format!(
+        "import lancedb\nt = lancedb.connect('{}').open_table('basic')\nt.delete(\"id = 'doc-0001'\")\n",
+        out.path().join("lancedb").display()
+    );
+    let p = Std::new(common::python("1.5.9"))
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let o = run(&["verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("`doc-0001`"));
+}

@@ -210,6 +210,35 @@ impl Source for ChromaDir {
         super::blocking_stream(move |sink| me.read_sync(&name, batch_size, sink))
     }
 
+    /// Ids from SQLite and the queue replay alone: no vector or metadata
+    /// is read.
+    fn read_ids(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<Vec<String>, SourceError>> {
+        use futures::{StreamExt, TryStreamExt};
+        let me = self.clone();
+        let name = collection.to_string();
+        super::blocking_stream(move |sink| {
+            let run = |sink: &mut dyn FnMut(Result<SourceBatch, SourceError>) -> bool| {
+                let conn = me.connect()?;
+                let ctx = me.ctx(&conn, &name)?;
+                ctx.read_ids(&conn, batch_size.max(1), &mut |ids| {
+                    sink(Ok(SourceBatch {
+                        ids,
+                        ..SourceBatch::default()
+                    }))
+                })
+            };
+            if let Err(e) = run(sink) {
+                sink(Err(e));
+            }
+        })
+        .map_ok(|b| b.ids)
+        .boxed()
+    }
+
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
         let me = self.clone();
         let name = collection.to_string();
@@ -1244,6 +1273,57 @@ impl CollectionCtx {
         }
         if !batch.is_empty() {
             sink(batch);
+        }
+        Ok(())
+    }
+
+    /// The ids [`CollectionCtx::read`] would yield, in the same order,
+    /// without reading vectors or metadata.
+    fn read_ids(
+        &self,
+        conn: &Connection,
+        batch_size: usize,
+        sink: &mut dyn FnMut(Vec<String>) -> bool,
+    ) -> Result<(), SourceError> {
+        let e = sqlite_err(&self.dir);
+        let mut out = Vec::with_capacity(batch_size);
+        let mut last = i64::MIN;
+        loop {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, embedding_id FROM embeddings WHERE +segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(&e)?;
+            let page: Vec<(i64, String)> = stmt
+                .query_map(
+                    rusqlite::params![self.meta.metadata_segment, last, batch_size as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(&e)?
+                .collect::<Result<_, _>>()
+                .map_err(&e)?;
+            let Some((l, _)) = page.last() else { break };
+            last = *l;
+            for (_, id) in page {
+                if matches!(self.fields_overlay.get(&id), Some(None)) {
+                    continue; // deleted in the queue
+                }
+                out.push(id);
+                if out.len() >= batch_size && !sink(std::mem::take(&mut out)) {
+                    return Ok(());
+                }
+            }
+        }
+        for id in &self.queue_only {
+            if let Some(Some(_)) = self.fields_overlay.get(id) {
+                out.push(id.clone());
+                if out.len() >= batch_size && !sink(std::mem::take(&mut out)) {
+                    return Ok(());
+                }
+            }
+        }
+        if !out.is_empty() {
+            sink(out);
         }
         Ok(())
     }

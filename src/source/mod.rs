@@ -174,6 +174,18 @@ pub trait Source: Send + Sync {
         batch_size: usize,
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>>;
 
+    /// Streams only the ids of every live record, in the order of
+    /// [`Source::read`] (the verifier's id-set check needs nothing else).
+    /// By default the records are read and all but the ids dropped.
+    fn read_ids(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<Vec<String>, SourceError>> {
+        use futures::{StreamExt, TryStreamExt};
+        self.read(collection, batch_size).map_ok(|b| b.ids).boxed()
+    }
+
     /// The records with the given ids (absent ids are left out).
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError>;
 }

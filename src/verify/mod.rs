@@ -77,10 +77,10 @@ pub async fn verify_ids(
         .clone();
     let mut expected: HashSet<String> = HashSet::new();
     let mut source_count = 0u64;
-    let mut stream = source.read(&c.source, c.batch_size as usize);
-    while let Some(batch) = stream.try_next().await? {
-        source_count += batch.len() as u64;
-        for id in batch.ids {
+    let mut stream = source.read_ids(&c.source, c.batch_size as usize);
+    while let Some(ids) = stream.try_next().await? {
+        source_count += ids.len() as u64;
+        for id in ids {
             if !skipped_ids.contains(&id) {
                 expected.insert(id);
             }
@@ -217,10 +217,17 @@ pub async fn verify_plan(
         let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
         let transformer = crate::transform::Transformer::new(c, dim);
         let mut skipped = HashSet::new();
-        let mut stream = source.read(&c.source, c.batch_size as usize);
-        while let Some(b) = stream.try_next().await? {
-            if let Ok(t) = transformer.transform(&b) {
-                skipped.extend(t.skipped.into_iter().map(|s| s.id));
+        // Only a plan that skips records needs the source transformed to
+        // know which; otherwise that would be one more full read.
+        if c.columns
+            .iter()
+            .any(|col| col.on_error == crate::plan::OnError::Skip)
+        {
+            let mut stream = source.read(&c.source, c.batch_size as usize);
+            while let Some(b) = stream.try_next().await? {
+                if let Ok(t) = transformer.transform(&b) {
+                    skipped.extend(t.skipped.into_iter().map(|s| s.id));
+                }
             }
         }
         let base = if c.mode == crate::plan::Mode::Append {

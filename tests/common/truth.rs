@@ -55,6 +55,15 @@ pub async fn assert_source_matches(source: &dyn Source, truth: &serde_json::Valu
         assert_eq!(&one, info, "{ctx}: lookup by name vs list");
         let got = read_all(source, &info.name, 97).await;
         assert_batch_matches(&got, t, &ctx);
+        // The ids-only stream yields the same ids in the same order.
+        let mut ids = Vec::new();
+        let mut stream = source.read_ids(&info.name, 97);
+        while let Some(b) = stream.next().await {
+            let b = b.unwrap_or_else(|e| panic!("{ctx}: read_ids: {e}"));
+            assert!(b.len() <= 97, "{ctx}: an id batch exceeds the batch size");
+            ids.extend(b);
+        }
+        assert_eq!(ids, got.ids, "{ctx}: read_ids vs read");
         // Fetch by id returns the same records (and skips absent ids).
         if let Some(first) = got.ids.first() {
             let some = source
