@@ -72,11 +72,7 @@ fn a_server_restarted_in_the_middle_of_a_read_is_survived() {
         let mut all = first;
         while let Some(b) = stream.next().await {
             let b = b.unwrap_or_else(|e| panic!("the read did not survive the restart: {e}"));
-            all.ids.extend(b.ids);
-            all.documents.extend(b.documents);
-            all.uris.extend(b.uris);
-            all.metadatas.extend(b.metadatas);
-            all.embeddings.extend(b.embeddings);
+            all.append(b);
         }
         let server = restarted.join().unwrap();
         common::truth::assert_batch_matches(

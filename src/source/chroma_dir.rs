@@ -1184,25 +1184,12 @@ impl CollectionCtx {
         batch_size: usize,
         sink: &mut dyn FnMut(SourceBatch) -> bool,
     ) -> Result<(), SourceError> {
-        let e = sqlite_err(&self.dir);
         let dim = self.dim.unwrap_or(0);
         let mut batch = SourceBatch::with_capacity(batch_size, dim);
         let mut last = i64::MIN;
         let cosine = self.space == DistanceSpace::Cosine;
         loop {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, embedding_id FROM embeddings WHERE +segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                )
-                .map_err(&e)?;
-            let page: Vec<(i64, String)> = stmt
-                .query_map(
-                    rusqlite::params![self.meta.metadata_segment, last, batch_size as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(&e)?
-                .collect::<Result<_, _>>()
-                .map_err(&e)?;
+            let page = self.page(conn, last, batch_size)?;
             let Some((l, _)) = page.last() else { break };
             last = *l;
             let needs_sqlite: Vec<(i64, String)> = page
@@ -1277,6 +1264,31 @@ impl CollectionCtx {
         Ok(())
     }
 
+    /// The next `limit` (rowid, id) rows of the metadata segment after
+    /// rowid `after`. `+segment_id` keeps SQLite off Chroma's
+    /// `(segment_id, embedding_id)` index: with it, every page scanned and
+    /// sorted the whole segment (quadratic in the collection size).
+    fn page(
+        &self,
+        conn: &Connection,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, SourceError> {
+        let e = sqlite_err(&self.dir);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, embedding_id FROM embeddings WHERE +segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(&e)?;
+        stmt.query_map(
+            rusqlite::params![self.meta.metadata_segment, after, limit as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(&e)?
+        .collect::<Result<_, _>>()
+        .map_err(&e)
+    }
+
     /// The ids [`CollectionCtx::read`] would yield, in the same order,
     /// without reading vectors or metadata.
     fn read_ids(
@@ -1285,23 +1297,10 @@ impl CollectionCtx {
         batch_size: usize,
         sink: &mut dyn FnMut(Vec<String>) -> bool,
     ) -> Result<(), SourceError> {
-        let e = sqlite_err(&self.dir);
         let mut out = Vec::with_capacity(batch_size);
         let mut last = i64::MIN;
         loop {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, embedding_id FROM embeddings WHERE +segment_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                )
-                .map_err(&e)?;
-            let page: Vec<(i64, String)> = stmt
-                .query_map(
-                    rusqlite::params![self.meta.metadata_segment, last, batch_size as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(&e)?
-                .collect::<Result<_, _>>()
-                .map_err(&e)?;
+            let page = self.page(conn, last, batch_size)?;
             let Some((l, _)) = page.last() else { break };
             last = *l;
             for (_, id) in page {

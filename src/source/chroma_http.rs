@@ -719,14 +719,7 @@ impl Inner {
             let b = self
                 .get_page(api, &info.id, name, json!({ "ids": chunk }), false)
                 .await?;
-            if out.dim == 0 {
-                out.dim = b.dim;
-            }
-            out.ids.extend(b.ids);
-            out.documents.extend(b.documents);
-            out.uris.extend(b.uris);
-            out.metadatas.extend(b.metadatas);
-            out.embeddings.extend(b.embeddings);
+            out.append(b);
         }
         Ok(out)
     }

@@ -125,6 +125,18 @@ impl SourceBatch {
         self.embeddings.extend_from_slice(&r.embedding);
     }
 
+    /// Moves `other`'s records to the end of this batch.
+    pub fn append(&mut self, other: SourceBatch) {
+        if self.is_empty() {
+            self.dim = other.dim;
+        }
+        self.ids.extend(other.ids);
+        self.documents.extend(other.documents);
+        self.uris.extend(other.uris);
+        self.metadatas.extend(other.metadatas);
+        self.embeddings.extend(other.embeddings);
+    }
+
     /// The vector of record `i`.
     pub fn embedding(&self, i: usize) -> &[f32] {
         &self.embeddings[i * self.dim..(i + 1) * self.dim]

@@ -19,12 +19,7 @@ pub async fn read_all(source: &dyn Source, name: &str, batch: usize) -> SourceBa
             "a batch of {} exceeds the batch size {batch}",
             b.len()
         );
-        all.dim = b.dim;
-        all.ids.extend(b.ids);
-        all.documents.extend(b.documents);
-        all.uris.extend(b.uris);
-        all.metadatas.extend(b.metadatas);
-        all.embeddings.extend(b.embeddings);
+        all.append(b);
     }
     all
 }
