@@ -74,7 +74,7 @@ fn demo_apply_is_read_back_exactly_by_python_lancedb() {
     let o = apply(out.path(), &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("count, id set and values match the source"),
+        text(&o).contains("count and id set match the source"),
         "{}",
         text(&o)
     );

@@ -171,3 +171,74 @@ fn verify_knows_the_records_the_plan_skips() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("`doc-0001`"));
 }
+
+/// `sample: N` compares exactly N records, looked up by id on both sides,
+/// whatever characters the ids hold; and a tampered value among them is
+/// caught.
+#[test]
+fn a_sample_compares_exactly_that_many_records_by_id() {
+    let out = tempfile::tempdir().unwrap();
+    let src = out.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let awkward = ["it's", "back\\slash", "semi;colon", "\"quoted\"", "ünï ✓"];
+    let mut lines = String::new();
+    for i in 0..200 {
+        let id = format!("{}-{i}", awkward[i % awkward.len()]);
+        lines.push_str(
+            &serde_json::json!({
+                "doc_id": id,
+                "content": format!("text {i}"),
+                "metadata": {"n": i},
+                "embedding": [i as f32 + 1.0, 1.0, 2.0],
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(src.join("odd.jsonl"), lines).unwrap();
+    let plan = out.path().join("sample.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: sample\nsource: {{ jsonl: {{ path: {src} }} }}\ntarget: {{ lancedb: {{ uri: {out}/lancedb }} }}\nstate: {{ path: {out}/state }}\ncollections:\n  - source: odd\n    columns:\n      - {{ name: id, from: id }}\n      - {{ name: vector, from: embedding }}\n      - {{ name: content, from: document }}\n    validate: {{ sample: 7, seed: 3 }}\n",
+            src = src.display(),
+            out = out.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::cargo_bin("lanceferry")
+            .unwrap()
+            .env("NO_COLOR", "1")
+            .args(args)
+            .arg(&plan)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["apply", "--auto-approve"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the values of 7 records compared"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&["verify", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report[0]["values"]["compared"], 7, "{report}");
+    // Tamper every row's content: all 7 sampled records must differ.
+    let script = format!(
+        "import lancedb\nt = lancedb.connect('{}').open_table('odd')\nt.update(values={{'content': 'tampered'}})\n",
+        out.path().join("lancedb").display()
+    );
+    let p = Std::new(common::python("1.5.9"))
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let o = run(&["verify", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report[0]["values"]["content_mismatches"], 7, "{report}");
+}

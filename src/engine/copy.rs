@@ -3,12 +3,15 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use super::Ctx;
 use crate::plan::{Collection, Mode};
+use crate::source::{SourceBatch, SourceError};
 use crate::target::{Commit, TableVersion};
 use crate::transform::Transformer;
 
@@ -96,9 +99,17 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
     .map_err(err)?;
     ctx.progress.start(table, info.count, written);
 
-    let mut skip = written;
-    let mut skipped_ids: HashSet<String> = HashSet::new();
-    let mut source = ctx.source.read(&c.source, c.batch_size as usize);
+    let mut pull = Puller {
+        source: ctx.source.read(&c.source, c.batch_size as usize),
+        transformer,
+        skip: written,
+        skipped_ids: HashSet::new(),
+        waited: Duration::ZERO,
+        transforming: Duration::ZERO,
+    };
+    let mut sending = Duration::ZERO;
+    let mut committing = Duration::ZERO;
+    let started = Instant::now();
     let checkpoint = ctx.plan.checkpoint_rows.max(1);
     // Transformed batches not yet sent to a commit.
     let mut next: Option<RecordBatch> = None;
@@ -108,7 +119,7 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
         let first = match next.take() {
             Some(b) => Some(b),
             None if exhausted => None,
-            None => pull_result(&mut source, &transformer, &mut skip, &mut skipped_ids).await?,
+            None => pull.next().await?,
         };
         let Some(first) = first else { break };
 
@@ -118,7 +129,7 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
             let mut rows: u64 = buf[0].num_rows() as u64;
             let mut bytes = buf[0].get_array_memory_size();
             while rows < checkpoint && bytes < UPSERT_BUFFER_BYTES {
-                match pull_result(&mut source, &transformer, &mut skip, &mut skipped_ids).await? {
+                match pull.next().await? {
                     Some(b) => {
                         rows += b.num_rows() as u64;
                         bytes += b.get_array_memory_size();
@@ -162,7 +173,10 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
         let mut failure = None;
         while let Some(b) = batch.take() {
             let n = b.num_rows() as u64;
-            if tx.send(b).await.is_err() {
+            let t = Instant::now();
+            let sent = tx.send(b).await;
+            sending += t.elapsed();
+            if sent.is_err() {
                 break; // the writer stopped; its error is reported below
             }
             in_commit += n;
@@ -172,7 +186,7 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
             }
             // A transform error must not reach the commit: abort it, so
             // nothing of this batch (or this commit) is written.
-            match pull_result(&mut source, &transformer, &mut skip, &mut skipped_ids).await {
+            match pull.next().await {
                 Ok(Some(b)) => batch = Some(b),
                 Ok(None) => exhausted = true,
                 Err(e) => failure = Some(e),
@@ -183,7 +197,9 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
             return Err(e);
         }
         drop(tx);
+        let t = Instant::now();
         let v = writer.await.map_err(err)?.map_err(err)?;
+        committing += t.elapsed();
         written += in_commit;
         how = Commit::Append;
         checkpoint_saved(ctx, &step, written, v).await?;
@@ -197,11 +213,21 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
             .map_err(err)?;
     }
     let after = ctx.target.version(table).await.map_err(err)?;
-    let skipped = skipped_ids.len() as u64;
+    // Where the copy's time went, for `-v`: a source-bound copy waits on
+    // the reader, a writer-bound one on the channel and the commit.
+    tracing::debug!(
+        "{step}: {:.2} s; waited {:.2} s for the source, transformed {:.2} s, waited {:.2} s to hand batches to the writer and {:.2} s for commits",
+        started.elapsed().as_secs_f64(),
+        pull.waited.as_secs_f64(),
+        pull.transforming.as_secs_f64(),
+        sending.as_secs_f64(),
+        committing.as_secs_f64()
+    );
+    let skipped = pull.skipped_ids.len() as u64;
     ctx.skipped
         .lock()
         .expect("skipped lock")
-        .insert(table.to_string(), skipped_ids);
+        .insert(table.to_string(), pull.skipped_ids);
     ctx.progress.finish(table);
     let final_info = ctx.source.collection(&c.source).await.map_err(err)?;
     if final_info.count != info.count {
@@ -225,32 +251,42 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
     .map_err(err)
 }
 
-/// The next transformed batch, with rows already committed skipped.
-async fn pull_result(
-    source: &mut futures::stream::BoxStream<
-        'static,
-        Result<crate::source::SourceBatch, crate::source::SourceError>,
-    >,
-    transformer: &Transformer,
-    skip: &mut u64,
-    skipped_ids: &mut HashSet<String>,
-) -> Result<Option<RecordBatch>, String> {
-    loop {
-        let Some(b) = source.try_next().await.map_err(err)? else {
-            return Ok(None);
-        };
-        let t = transformer.transform(&b).map_err(err)?;
-        for s in &t.skipped {
-            skipped_ids.insert(s.id.clone());
-        }
-        let mut batch = t.batch;
-        if *skip > 0 {
-            let n = (*skip as usize).min(batch.num_rows());
-            *skip -= n as u64;
-            batch = batch.slice(n, batch.num_rows() - n);
-        }
-        if batch.num_rows() > 0 {
-            return Ok(Some(batch));
+/// Source batches, transformed, with the rows an earlier run already
+/// committed skipped.
+struct Puller {
+    source: BoxStream<'static, Result<SourceBatch, SourceError>>,
+    transformer: Transformer,
+    /// Rows still to drop from the front (resume).
+    skip: u64,
+    skipped_ids: HashSet<String>,
+    waited: Duration,
+    transforming: Duration,
+}
+
+impl Puller {
+    async fn next(&mut self) -> Result<Option<RecordBatch>, String> {
+        loop {
+            let t = Instant::now();
+            let next = self.source.try_next().await.map_err(err)?;
+            self.waited += t.elapsed();
+            let Some(b) = next else {
+                return Ok(None);
+            };
+            let t = Instant::now();
+            let out = self.transformer.transform(b).map_err(err)?;
+            self.transforming += t.elapsed();
+            for s in &out.skipped {
+                self.skipped_ids.insert(s.id.clone());
+            }
+            let mut batch = out.batch;
+            if self.skip > 0 {
+                let n = (self.skip as usize).min(batch.num_rows());
+                self.skip -= n as u64;
+                batch = batch.slice(n, batch.num_rows() - n);
+            }
+            if batch.num_rows() > 0 {
+                return Ok(Some(batch));
+            }
         }
     }
 }

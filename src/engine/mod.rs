@@ -269,8 +269,16 @@ async fn walk(
     // Steps finished by an earlier, interrupted run of this apply stay done.
     for n in &order {
         let id = graph.graph[*n].id();
-        if ctx.record(&id).await.status == Some(StepStatus::Done) {
+        let rec = ctx.record(&id).await;
+        if rec.status == Some(StepStatus::Done) {
             status.insert(*n, StepStatus::Done);
+            // A validation the interrupted run finished is not repeated,
+            // but its result is the one a reader of this run needs.
+            if let (Some(table), Some(message)) = (id.strip_prefix("validate:"), &rec.message) {
+                ctx.progress.message(&format!(
+                    "validate `{table}`: {message} (validated before the interruption)"
+                ));
+            }
         }
     }
     let limit = ctx.plan.concurrency.max(1) as usize;
@@ -497,22 +505,16 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
     } else {
         None
     };
-    let v = crate::verify::verify_ids(ctx.source.as_ref(), &ctx.target, c, &skipped, appended_to)
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = ctx
-        .source
-        .collection(&c.source)
-        .await
-        .map_err(|e| e.to_string())?;
-    let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
-    let expected = v.source_count - v.expected_skipped;
-    let values =
-        crate::verify::values::verify_values(ctx.source.as_ref(), &ctx.target, c, dim, expected)
-            .await
-            .map_err(|e| e.to_string())?;
-    let mut v = v;
-    v.breaches.extend(values.breaches.iter().cloned());
+    let r = crate::verify::verify_collection(
+        ctx.source.as_ref(),
+        &ctx.target,
+        c,
+        &skipped,
+        appended_to,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let values = &r.values;
     if let Some(s) = &values.cosine {
         ctx.progress.message(&format!(
             "validate `{table}`: {} records compared; cosine min {:.6} mean {:.6} p95 {:.6} max {:.6}",
@@ -522,9 +524,16 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
     for e in &values.examples {
         ctx.warn(format!("validate `{table}`: {e}"));
     }
+    let mut v = r.ids.clone();
+    v.breaches.extend(values.breaches.iter().cloned());
     let rows = v.target_count;
     let message = if v.ok() {
-        format!("{rows} rows, count, id set and values match the source")
+        match values.compared {
+            0 => format!("{rows} rows; count and id set match the source"),
+            n => format!(
+                "{rows} rows; count and id set match the source, and the values of {n} records compared"
+            ),
+        }
     } else {
         v.breaches.join("; ")
     };

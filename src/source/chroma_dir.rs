@@ -30,7 +30,7 @@ use futures::stream::BoxStream;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 use serde::Deserialize;
 
-use super::record::{MetaValue, Metadata, Record, SourceBatch};
+use super::record::{MetaValue, Metadata, SourceBatch};
 use super::{CollectionInfo, Source, SourceError};
 use crate::plan::DistanceSpace;
 
@@ -364,15 +364,27 @@ struct PersistentData {
 }
 
 /// The HNSW files of a vector segment.
+///
+/// Finding a vector: the pickle maps id → label, and `data_level0.bin`
+/// holds one element per slot, each carrying its label. Chroma hands out
+/// labels 1, 2, 3… in insertion order and hnswlib fills slots 0, 1, 2… in
+/// the same order, so label `l` is almost always in slot `l - 1`. That guess
+/// is checked against the label (and the deleted mark) stored in the slot
+/// itself, so it can never return another record's vector; only when a
+/// guess fails (slots reused after deletes) is the whole file scanned once
+/// for the label → slot map. A directory written in the usual way is thus
+/// never read twice.
 struct Hnsw {
     data: File,
     data_path: PathBuf,
     lengths: Option<File>,
     size_per_element: u64,
     offset_data: u64,
+    label_offset: u64,
+    cur_count: u64,
     dim: usize,
-    /// label → slot in `data_level0.bin`.
-    slots: HashMap<u64, u64>,
+    /// label → slot, built on the first failed guess.
+    slots: std::sync::OnceLock<HashMap<u64, u64>>,
     /// id → label, from the pickle.
     id_to_label: HashMap<String, i64>,
 }
@@ -447,28 +459,6 @@ impl Hnsw {
                 ),
             ));
         }
-        // Map labels to slots, reading the files in large sequential chunks.
-        let mut slots = HashMap::with_capacity(cur_count as usize);
-        let chunk_elems = (4 << 20) / size_per_element.max(1) + 1;
-        let mut buf = Vec::new();
-        let mut slot = 0u64;
-        while slot < cur_count {
-            let n = chunk_elems.min(cur_count - slot);
-            buf.resize((n * size_per_element) as usize, 0);
-            data.read_exact_at(&mut buf, slot * size_per_element)
-                .map_err(io(&data_path))?;
-            for i in 0..n {
-                let base = (i * size_per_element) as usize;
-                let deleted = buf[base + 2] & 0x01 != 0;
-                if deleted {
-                    continue;
-                }
-                let lo = base + label_offset as usize;
-                let label = u64::from_le_bytes(buf[lo..lo + 8].try_into().expect("8 bytes"));
-                slots.insert(label, slot + i);
-            }
-            slot += n;
-        }
         let lengths_path = dir.join("length.bin");
         let lengths = File::open(&lengths_path).ok();
         Ok(Some(Hnsw {
@@ -477,23 +467,100 @@ impl Hnsw {
             lengths,
             size_per_element,
             offset_data,
+            label_offset,
+            cur_count,
             dim,
-            slots,
+            slots: std::sync::OnceLock::new(),
             id_to_label: pickle.id_to_label,
         }))
     }
 
-    fn contains(&self, id: &str) -> bool {
-        self.id_to_label
-            .get(id)
-            .is_some_and(|l| self.slots.contains_key(&(*l as u64)))
+    fn io_err(&self, source: std::io::Error) -> SourceError {
+        SourceError::Io {
+            path: self.data_path.display().to_string(),
+            source,
+        }
     }
 
-    fn slot_of(&self, id: &str) -> Option<u64> {
-        self.id_to_label
-            .get(id)
-            .and_then(|l| self.slots.get(&(*l as u64)))
-            .copied()
+    /// The label → slot map of every live element, read once, in large
+    /// sequential chunks.
+    fn slot_map(&self) -> Result<&HashMap<u64, u64>, SourceError> {
+        if let Some(m) = self.slots.get() {
+            return Ok(m);
+        }
+        tracing::debug!(
+            "{}: labels are not in their usual slots; mapping all {} elements",
+            self.data_path.display(),
+            self.cur_count
+        );
+        let spe = self.size_per_element;
+        let mut slots = HashMap::with_capacity(self.cur_count as usize);
+        let chunk_elems = (4 << 20) / spe.max(1) + 1;
+        let mut buf = Vec::new();
+        let mut slot = 0u64;
+        while slot < self.cur_count {
+            let n = chunk_elems.min(self.cur_count - slot);
+            buf.resize((n * spe) as usize, 0);
+            self.data
+                .read_exact_at(&mut buf, slot * spe)
+                .map_err(|e| self.io_err(e))?;
+            for i in 0..n {
+                let element = &buf[(i * spe) as usize..((i + 1) * spe) as usize];
+                if let Some(label) = self.live_label(element) {
+                    slots.insert(label, slot + i);
+                }
+            }
+            slot += n;
+        }
+        Ok(self.slots.get_or_init(|| slots))
+    }
+
+    /// The label an element holds, unless it is marked deleted.
+    fn live_label(&self, element: &[u8]) -> Option<u64> {
+        // hnswlib keeps the deleted mark in byte 2 of the level-0 link header.
+        if element[2] & 0x01 != 0 {
+            return None;
+        }
+        let lo = self.label_offset as usize;
+        Some(u64::from_le_bytes(
+            element[lo..lo + 8].try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn label_of(&self, id: &str) -> Option<u64> {
+        self.id_to_label.get(id).map(|l| *l as u64)
+    }
+
+    /// Where `label` probably is: its mapped slot once the map exists,
+    /// before that the usual slot `label - 1` (checked by the caller).
+    fn likely_slot(&self, label: u64) -> Option<u64> {
+        match self.slots.get() {
+            Some(m) => m.get(&label).copied(),
+            None => label.checked_sub(1).filter(|s| *s < self.cur_count),
+        }
+    }
+
+    /// The slot that holds `label`, checked against the element itself.
+    fn find_slot(&self, label: u64) -> Result<Option<u64>, SourceError> {
+        if self.slots.get().is_none()
+            && let Some(slot) = self.likely_slot(label)
+        {
+            let mut element = vec![0u8; self.size_per_element as usize];
+            self.data
+                .read_exact_at(&mut element, slot * self.size_per_element)
+                .map_err(|e| self.io_err(e))?;
+            if self.live_label(&element) == Some(label) {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(self.slot_map()?.get(&label).copied())
+    }
+
+    fn contains(&self, id: &str) -> Result<bool, SourceError> {
+        match self.label_of(id) {
+            Some(label) => Ok(self.find_slot(label)?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// Reads slots `first..=last` with one read of `data_level0.bin` (and
@@ -504,10 +571,7 @@ impl Hnsw {
         let mut bytes = vec![0u8; n * self.size_per_element as usize];
         self.data
             .read_exact_at(&mut bytes, first * self.size_per_element)
-            .map_err(|source| SourceError::Io {
-                path: self.data_path.display().to_string(),
-                source,
-            })?;
+            .map_err(|e| self.io_err(e))?;
         let norms = match (&self.lengths, cosine) {
             (Some(f), true) => {
                 let mut b = vec![0u8; n * 4];
@@ -532,57 +596,39 @@ impl Hnsw {
         })
     }
 
-    /// The vector in `slot` from a range read by [`Hnsw::read_range`].
-    fn vector_in(&self, r: &SlotRange, slot: u64, out: &mut Vec<f32>) {
+    /// Appends the vector of `label` from a range read by
+    /// [`Hnsw::read_range`], if the range holds it in `slot`.
+    fn vector_in(&self, r: &SlotRange, slot: u64, label: u64, out: &mut Vec<f32>) -> bool {
+        if slot < r.first || slot > r.last {
+            return false;
+        }
         let i = (slot - r.first) as usize;
-        let at = i * self.size_per_element as usize + self.offset_data as usize;
+        let spe = self.size_per_element as usize;
+        let element = &r.bytes[i * spe..(i + 1) * spe];
+        if self.live_label(element) != Some(label) {
+            return false;
+        }
+        let at = self.offset_data as usize;
         let scale = r.norms.as_ref().map_or(1.0, |n| n[i]);
         out.extend(
-            r.bytes[at..at + self.dim * 4]
+            element[at..at + self.dim * 4]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale),
         );
+        true
     }
 
-    /// The stored vector of `id`, de-normalised for cosine spaces.
+    /// Appends the stored vector of `id`, de-normalised for cosine spaces
+    /// (they store the unit vector, and its norm in `length.bin`).
     fn vector(&self, id: &str, cosine: bool, out: &mut Vec<f32>) -> Result<bool, SourceError> {
-        let Some(slot) = self
-            .id_to_label
-            .get(id)
-            .and_then(|l| self.slots.get(&(*l as u64)))
-        else {
+        let Some(label) = self.label_of(id) else {
             return Ok(false);
         };
-        let mut bytes = vec![0u8; self.dim * 4];
-        self.data
-            .read_exact_at(&mut bytes, slot * self.size_per_element + self.offset_data)
-            .map_err(|source| SourceError::Io {
-                path: self.data_path.display().to_string(),
-                source,
-            })?;
-        // Cosine spaces store the unit vector and its norm in length.bin.
-        let scale = if cosine {
-            match &self.lengths {
-                Some(f) => {
-                    let mut b = [0u8; 4];
-                    f.read_exact_at(&mut b, slot * 4)
-                        .map_err(|source| SourceError::Io {
-                            path: "length.bin".into(),
-                            source,
-                        })?;
-                    f32::from_le_bytes(b)
-                }
-                None => 1.0,
-            }
-        } else {
-            1.0
+        let Some(slot) = self.find_slot(label)? else {
+            return Ok(false);
         };
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale),
-        );
-        Ok(true)
+        let range = self.read_range(slot, slot, cosine)?;
+        Ok(self.vector_in(&range, slot, label, out))
     }
 }
 
@@ -623,10 +669,6 @@ impl Fields {
             }
         }
     }
-
-    fn metadata_or_none(&self) -> Option<Metadata> {
-        (!self.metadata.is_empty()).then(|| self.metadata.clone())
-    }
 }
 
 /// A queue row, decoded.
@@ -662,7 +704,9 @@ struct CollectionCtx {
 
 type MetadataRow = (i64, String, Option<MetaValue>);
 
-/// Typed metadata rows of `table` for the given record rowids, in rowid order.
+/// Typed metadata rows of `table` for the given record rowids (sorted), in
+/// rowid order. A page of records is usually a dense run of rowids, read as
+/// one index range; scattered rowids are looked up one by one.
 fn metadata_rows(
     conn: &Connection,
     dir: &Path,
@@ -670,21 +714,39 @@ fn metadata_rows(
     ids: &[i64],
 ) -> Result<Vec<MetadataRow>, SourceError> {
     let e = sqlite_err(dir);
-    let marks = vec!["?"; ids.len()].join(",");
-    let sql = format!(
-        "SELECT id, key, string_value, int_value, float_value, bool_value FROM {table} WHERE id IN ({marks}) ORDER BY rowid"
-    );
-    let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
-    let rows = stmt
-        .query_map(params_from_iter(ids.iter().copied()), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                typed_value(r, 2)?,
-            ))
-        })
-        .map_err(&e)?;
-    rows.collect::<Result<_, _>>().map_err(e)
+    let (Some(&lo), Some(&hi)) = (ids.first(), ids.last()) else {
+        return Ok(Vec::new());
+    };
+    let columns = "id, key, string_value, int_value, float_value, bool_value";
+    let row = |r: &rusqlite::Row| -> rusqlite::Result<MetadataRow> {
+        Ok((r.get(0)?, r.get(1)?, typed_value(r, 2)?))
+    };
+    // Rows of other collections may sit between a page's rowids; a range at
+    // most twice the page reads few of them, and they are dropped here.
+    let dense = hi >= lo && ((hi - lo) as usize) < 2 * ids.len();
+    let rows: Vec<MetadataRow> = if dense {
+        let sql =
+            format!("SELECT {columns} FROM {table} WHERE id BETWEEN ?1 AND ?2 ORDER BY rowid");
+        let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
+        let rows = stmt.query_map([lo, hi], row).map_err(&e)?;
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for r in rows {
+            let r = r.map_err(&e)?;
+            if ids.binary_search(&r.0).is_ok() {
+                out.push(r);
+            }
+        }
+        out
+    } else {
+        let marks = vec!["?"; ids.len()].join(",");
+        let sql = format!("SELECT {columns} FROM {table} WHERE id IN ({marks}) ORDER BY rowid");
+        let mut stmt = conn.prepare_cached(&sql).map_err(&e)?;
+        let rows = stmt
+            .query_map(params_from_iter(ids.iter().copied()), row)
+            .map_err(&e)?;
+        rows.collect::<Result<_, _>>().map_err(e)?
+    };
+    Ok(rows)
 }
 
 fn typed_value(r: &rusqlite::Row, base: usize) -> rusqlite::Result<Option<MetaValue>> {
@@ -854,7 +916,8 @@ impl CollectionCtx {
         }
         let arrays = self.has_array_table(conn)?;
         for chunk in rowids.chunks(900) {
-            let ids: Vec<i64> = chunk.iter().map(|(r, _)| *r).collect();
+            let mut ids: Vec<i64> = chunk.iter().map(|(r, _)| *r).collect();
+            ids.sort_unstable();
             for (rowid, key, value) in metadata_rows(conn, &self.dir, "embedding_metadata", &ids)? {
                 let f = out.entry(rowid).or_default();
                 match (key.as_str(), value) {
@@ -1011,7 +1074,7 @@ impl CollectionCtx {
                 self.apply_fields(conn, op)?;
             }
             if op.seq > vector_seq {
-                self.apply_vector(op);
+                self.apply_vector(op)?;
             }
         }
         Ok(())
@@ -1058,15 +1121,18 @@ impl CollectionCtx {
         Ok(())
     }
 
-    fn vector_exists(&self, id: &str) -> bool {
+    fn vector_exists(&self, id: &str) -> Result<bool, SourceError> {
         match self.vector_overlay.get(id) {
-            Some(state) => state.is_some(),
-            None => self.hnsw.as_ref().is_some_and(|h| h.contains(id)),
+            Some(state) => Ok(state.is_some()),
+            None => match &self.hnsw {
+                Some(h) => h.contains(id),
+                None => Ok(false),
+            },
         }
     }
 
-    fn apply_vector(&mut self, op: &QueueOp) {
-        let exists = self.vector_exists(&op.id);
+    fn apply_vector(&mut self, op: &QueueOp) -> Result<(), SourceError> {
+        let exists = self.vector_exists(&op.id)?;
         match op.op {
             OP_ADD if !exists => {
                 if let Some(v) = &op.vector {
@@ -1083,6 +1149,7 @@ impl CollectionCtx {
             }
             _ => {}
         }
+        Ok(())
     }
 
     fn info(&self) -> Result<CollectionInfo, SourceError> {
@@ -1128,16 +1195,20 @@ impl CollectionCtx {
         Ok(count.max(0) as u64)
     }
 
-    fn record(
+    /// Appends record `id` to `batch`: its fields, and its vector from the
+    /// queue overlay, from `ranges` (the page's slots, read in bulk) or,
+    /// failing those, from the HNSW files directly.
+    fn push_record(
         &self,
-        id: &str,
+        batch: &mut SourceBatch,
+        id: String,
         fields: Fields,
         ranges: &[SlotRange],
-    ) -> Result<Record, SourceError> {
+    ) -> Result<(), SourceError> {
         let cosine = self.space == DistanceSpace::Cosine;
-        let mut embedding = Vec::with_capacity(self.dim.unwrap_or(0));
-        match self.vector_overlay.get(id) {
-            Some(Some(v)) => embedding.extend_from_slice(v),
+        let before = batch.embeddings.len();
+        match self.vector_overlay.get(&id) {
+            Some(Some(v)) => batch.embeddings.extend_from_slice(v),
             Some(None) => {
                 return Err(
                     self.corrupt(format!("record `{id}` exists but its vector was deleted"))
@@ -1146,19 +1217,16 @@ impl CollectionCtx {
             None => {
                 let found = match &self.hnsw {
                     Some(h) => {
-                        let slot = h.slot_of(id);
-                        // The range holding the slot: the last starting at or before it.
-                        let r = slot.and_then(|slot| {
-                            let i = ranges.partition_point(|r| r.first <= slot);
-                            ranges[..i].last().filter(|r| slot <= r.last)
+                        let in_range = h.label_of(&id).is_some_and(|label| {
+                            h.likely_slot(label).is_some_and(|slot| {
+                                // The range holding the slot: the last starting at or before it.
+                                let i = ranges.partition_point(|r| r.first <= slot);
+                                ranges[..i].last().is_some_and(|r| {
+                                    h.vector_in(r, slot, label, &mut batch.embeddings)
+                                })
+                            })
                         });
-                        match (slot, r) {
-                            (Some(slot), Some(r)) => {
-                                h.vector_in(r, slot, &mut embedding);
-                                true
-                            }
-                            _ => h.vector(id, cosine, &mut embedding)?,
-                        }
+                        in_range || h.vector(&id, cosine, &mut batch.embeddings)?
                     }
                     None => false,
                 };
@@ -1169,13 +1237,19 @@ impl CollectionCtx {
                 }
             }
         }
-        Ok(Record {
-            id: id.to_string(),
-            metadata: fields.metadata_or_none(),
-            document: fields.document,
-            uri: fields.uri,
-            embedding,
-        })
+        if batch.embeddings.len() - before != batch.dim {
+            return Err(self.corrupt(format!(
+                "record `{id}` has a vector of dimension {}, the collection has {}",
+                batch.embeddings.len() - before,
+                batch.dim
+            )));
+        }
+        let metadata = (!fields.metadata.is_empty()).then_some(fields.metadata);
+        batch.ids.push(id);
+        batch.documents.push(fields.document);
+        batch.uris.push(fields.uri);
+        batch.metadatas.push(metadata);
+        Ok(())
     }
 
     fn read(
@@ -1206,7 +1280,7 @@ impl CollectionCtx {
                     let mut slots: Vec<u64> = page
                         .iter()
                         .filter(|(_, id)| !self.vector_overlay.contains_key(id))
-                        .filter_map(|(_, id)| h.slot_of(id))
+                        .filter_map(|(_, id)| h.label_of(id).and_then(|l| h.likely_slot(l)))
                         .collect();
                     slots.sort_unstable();
                     let mut ranges = Vec::new();
@@ -1234,7 +1308,7 @@ impl CollectionCtx {
                     Some(Some(f)) => f.clone(),
                     None => fields.remove(&rowid).unwrap_or_default(),
                 };
-                batch.push(self.record(&id, f, &ranges)?);
+                self.push_record(&mut batch, id, f, &ranges)?;
                 if batch.len() >= batch_size {
                     let full =
                         std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
@@ -1248,7 +1322,7 @@ impl CollectionCtx {
         // above never yielded them.
         for id in &self.queue_only {
             if let Some(Some(f)) = self.fields_overlay.get(id) {
-                batch.push(self.record(id, f.clone(), &[])?);
+                self.push_record(&mut batch, id.clone(), f.clone(), &[])?;
                 if batch.len() >= batch_size {
                     let full =
                         std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
@@ -1331,7 +1405,7 @@ impl CollectionCtx {
         let mut batch = SourceBatch::with_capacity(ids.len(), self.dim.unwrap_or(0));
         for id in ids {
             if let Some(f) = self.current_fields(conn, id)? {
-                batch.push(self.record(id, f, &[])?);
+                self.push_record(&mut batch, id.clone(), f, &[])?;
             }
         }
         Ok(batch)

@@ -9,6 +9,8 @@
 //! batch always yields the same rows, which is what lets a resumed copy skip
 //! exactly the rows already committed.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -50,14 +52,15 @@ pub struct Transformer {
     schema: SchemaRef,
 }
 
-/// A value extracted for one cell.
-enum Cell {
+/// A value extracted for one cell, borrowing from the source batch where
+/// it can (ids, documents and string metadata are not copied twice).
+enum Cell<'a> {
     Null,
-    Str(String),
+    Str(Cow<'a, str>),
     Int(i64),
     Float(f64),
     Bool(bool),
-    List(Vec<MetaValue>),
+    List(Cow<'a, [MetaValue]>),
     Vector,
 }
 
@@ -82,21 +85,50 @@ fn arrow_type(ty: ColumnType, dim: usize) -> DataType {
 /// Canonical JSON of a metadata map: keys sorted (the map is ordered),
 /// numbers in serde_json's shortest round-trip form.
 pub fn canonical_json(m: &Metadata) -> String {
-    let obj: serde_json::Map<String, serde_json::Value> =
-        m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-    let mut pairs: Vec<(String, serde_json::Value)> = obj.into_iter().collect();
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = String::from("{");
-    for (i, (k, v)) in pairs.iter().enumerate() {
+    let mut out = String::with_capacity(32 * m.len() + 2);
+    out.push('{');
+    for (i, (k, v)) in m.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(k).expect("string serializes"));
+        write_json_str(&mut out, k);
         out.push(':');
-        out.push_str(&serde_json::to_string(v).expect("value serializes"));
+        write_json(&mut out, v);
     }
     out.push('}');
     out
+}
+
+/// `v` as compact JSON, exactly as `serde_json::to_string(&v.to_json())`
+/// writes it, without building the JSON value.
+fn write_json(out: &mut String, v: &MetaValue) {
+    match v {
+        MetaValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        MetaValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        MetaValue::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("null"),
+        },
+        MetaValue::Str(s) => write_json_str(out, s),
+        MetaValue::List(items) => {
+            out.push('[');
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(out, it);
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn write_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("a string serializes"));
 }
 
 impl Transformer {
@@ -133,19 +165,42 @@ impl Transformer {
     }
 
     /// Extracts one cell, applying the type rules (not the error policy).
-    fn cell(&self, b: &SourceBatch, i: usize, c: &Column) -> Result<Cell, String> {
-        let raw: Option<MetaValue> = match &c.from {
-            Field::Id => Some(MetaValue::Str(b.ids[i].clone())),
-            Field::Document => b.documents[i].clone().map(MetaValue::Str),
-            Field::Uri => b.uris[i].clone().map(MetaValue::Str),
+    fn cell<'a>(
+        &self,
+        b: &'a SourceBatch,
+        vectors: &[f32],
+        i: usize,
+        c: &Column,
+    ) -> Result<Cell<'a>, String> {
+        let text = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
+        let raw: Option<Cow<'a, MetaValue>> = match &c.from {
+            Field::Id if c.ty == ColumnType::String => {
+                return Ok(Cell::Str(Cow::Borrowed(&b.ids[i])));
+            }
+            Field::Document | Field::Uri if c.ty == ColumnType::String => {
+                let v = if c.from == Field::Document {
+                    &b.documents[i]
+                } else {
+                    &b.uris[i]
+                };
+                match text(v) {
+                    Some(s) => return Ok(Cell::Str(s)),
+                    None => None,
+                }
+            }
+            Field::Id => Some(Cow::Owned(MetaValue::Str(b.ids[i].clone()))),
+            Field::Document => b.documents[i]
+                .clone()
+                .map(|s| Cow::Owned(MetaValue::Str(s))),
+            Field::Uri => b.uris[i].clone().map(|s| Cow::Owned(MetaValue::Str(s))),
             Field::Embedding => {
-                let v = b.embedding(i);
                 if b.dim != self.dim {
                     return Err(format!(
                         "vector has dimension {}, the table has {}",
                         b.dim, self.dim
                     ));
                 }
+                let v = &vectors[i * b.dim..(i + 1) * b.dim];
                 if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
                     return Err(format!("vector component {pos} is {}", v[pos]));
                 }
@@ -154,10 +209,13 @@ impl Transformer {
             Field::Metadata => {
                 return Ok(match &b.metadatas[i] {
                     None => Cell::Null,
-                    Some(m) => Cell::Str(canonical_json(m)),
+                    Some(m) => Cell::Str(Cow::Owned(canonical_json(m))),
                 });
             }
-            Field::MetadataKey(k) => b.metadatas[i].as_ref().and_then(|m| m.get(k)).cloned(),
+            Field::MetadataKey(k) => b.metadatas[i]
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .map(Cow::Borrowed),
         };
         let Some(v) = raw else {
             return if c.required {
@@ -170,16 +228,20 @@ impl Transformer {
     }
 
     /// Converts a batch. With `on_error: fail` the first invalid value is an error.
-    pub fn transform(&self, b: &SourceBatch) -> Result<Transformed, TransformError> {
+    pub fn transform(&self, mut b: SourceBatch) -> Result<Transformed, TransformError> {
         let n = b.len();
+        // The vectors leave the batch first, so that, when no record is
+        // skipped, their buffer becomes the Arrow column without a copy.
+        let vectors = std::mem::take(&mut b.embeddings);
         let mut keep: Vec<usize> = Vec::with_capacity(n);
         let mut cells: Vec<Vec<Cell>> =
             self.columns.iter().map(|_| Vec::with_capacity(n)).collect();
         let mut skipped = Vec::new();
+        let mut row = Vec::with_capacity(self.columns.len());
         'rows: for i in 0..n {
-            let mut row = Vec::with_capacity(self.columns.len());
+            row.clear();
             for c in &self.columns {
-                match self.cell(b, i, c) {
+                match self.cell(&b, &vectors, i, c) {
                     Ok(cell) => row.push(cell),
                     Err(reason) => {
                         let e = self.err(&b.ids[i], c, reason);
@@ -195,163 +257,195 @@ impl Transformer {
                 }
             }
             keep.push(i);
-            for (ci, cell) in row.into_iter().enumerate() {
+            for (ci, cell) in row.drain(..).enumerate() {
                 cells[ci].push(cell);
             }
         }
+        let mut vectors = Some(vectors);
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (c, col) in self.columns.iter().zip(cells) {
-            arrays.push(self.build(c, col, b, &keep));
+            let array = match c.ty {
+                ColumnType::Vector => {
+                    let all = vectors.take().expect("one vector column");
+                    self.vector_array(all, b.dim, &keep)
+                }
+                _ => build(c.ty, col),
+            };
+            arrays.push(array);
         }
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)
             .expect("columns are built to the schema");
         Ok(Transformed { batch, skipped })
     }
 
-    fn build(&self, c: &Column, cells: Vec<Cell>, b: &SourceBatch, keep: &[usize]) -> ArrayRef {
-        match c.ty {
-            ColumnType::Vector => {
-                let mut values = Vec::with_capacity(keep.len() * self.dim);
-                for &i in keep {
-                    values.extend_from_slice(b.embedding(i));
-                }
-                let field = Arc::new(ArrowField::new("item", DataType::Float32, true));
-                Arc::new(
-                    FixedSizeListArray::try_new(
-                        field,
-                        self.dim as i32,
-                        Arc::new(Float32Array::from(values)),
-                        None,
-                    )
-                    .expect("vector lengths were checked"),
-                )
+    /// The vector column: the batch's buffer itself when every record is
+    /// kept, else the kept records' vectors.
+    fn vector_array(&self, all: Vec<f32>, dim: usize, keep: &[usize]) -> ArrayRef {
+        let values = if keep.len() * dim == all.len() {
+            all
+        } else {
+            let mut v = Vec::with_capacity(keep.len() * self.dim);
+            for &i in keep {
+                v.extend_from_slice(&all[i * dim..(i + 1) * dim]);
             }
-            ColumnType::String | ColumnType::Json => {
-                let mut bld = StringBuilder::new();
-                for cell in cells {
-                    match cell {
-                        Cell::Str(s) => bld.append_value(s),
-                        _ => bld.append_null(),
-                    }
+            v
+        };
+        let field = Arc::new(ArrowField::new("item", DataType::Float32, true));
+        Arc::new(
+            FixedSizeListArray::try_new(
+                field,
+                self.dim as i32,
+                Arc::new(Float32Array::from(values)),
+                None,
+            )
+            .expect("vector lengths were checked"),
+        )
+    }
+}
+
+/// One non-vector column from its cells.
+fn build(ty: ColumnType, cells: Vec<Cell>) -> ArrayRef {
+    match ty {
+        ColumnType::Vector => unreachable!("vectors are built by Transformer::vector_array"),
+        ColumnType::String | ColumnType::Json => {
+            let mut bld = StringBuilder::new();
+            for cell in cells {
+                match cell {
+                    Cell::Str(s) => bld.append_value(s),
+                    _ => bld.append_null(),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::Int64 => {
-                let mut bld = Int64Builder::new();
-                for cell in cells {
-                    match cell {
-                        Cell::Int(v) => bld.append_value(v),
-                        _ => bld.append_null(),
-                    }
+            Arc::new(bld.finish())
+        }
+        ColumnType::Int64 => {
+            let mut bld = Int64Builder::new();
+            for cell in cells {
+                match cell {
+                    Cell::Int(v) => bld.append_value(v),
+                    _ => bld.append_null(),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::Float64 => {
-                let mut bld = Float64Builder::new();
-                for cell in cells {
-                    match cell {
-                        Cell::Float(v) => bld.append_value(v),
-                        _ => bld.append_null(),
-                    }
+            Arc::new(bld.finish())
+        }
+        ColumnType::Float64 => {
+            let mut bld = Float64Builder::new();
+            for cell in cells {
+                match cell {
+                    Cell::Float(v) => bld.append_value(v),
+                    _ => bld.append_null(),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::Bool => {
-                let mut bld = BooleanBuilder::new();
-                for cell in cells {
-                    match cell {
-                        Cell::Bool(v) => bld.append_value(v),
-                        _ => bld.append_null(),
-                    }
+            Arc::new(bld.finish())
+        }
+        ColumnType::Bool => {
+            let mut bld = BooleanBuilder::new();
+            for cell in cells {
+                match cell {
+                    Cell::Bool(v) => bld.append_value(v),
+                    _ => bld.append_null(),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::ListString => {
-                let mut bld = ListBuilder::new(StringBuilder::new());
-                for cell in cells {
-                    match cell {
-                        Cell::List(items) => {
-                            for it in items {
-                                match it {
-                                    MetaValue::Str(s) => bld.values().append_value(s),
-                                    _ => bld.values().append_null(),
-                                }
+            Arc::new(bld.finish())
+        }
+        ColumnType::ListString => {
+            let mut bld = ListBuilder::new(StringBuilder::new());
+            for cell in cells {
+                match cell {
+                    Cell::List(items) => {
+                        for it in items.iter() {
+                            match it {
+                                MetaValue::Str(s) => bld.values().append_value(s),
+                                _ => bld.values().append_null(),
                             }
-                            bld.append(true);
                         }
-                        _ => bld.append(false),
+                        bld.append(true);
                     }
+                    _ => bld.append(false),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::ListInt64 => {
-                let mut bld = ListBuilder::new(Int64Builder::new());
-                for cell in cells {
-                    match cell {
-                        Cell::List(items) => {
-                            for it in items {
-                                match it {
-                                    MetaValue::Int(v) => bld.values().append_value(v),
-                                    _ => bld.values().append_null(),
-                                }
+            Arc::new(bld.finish())
+        }
+        ColumnType::ListInt64 => {
+            let mut bld = ListBuilder::new(Int64Builder::new());
+            for cell in cells {
+                match cell {
+                    Cell::List(items) => {
+                        for it in items.iter() {
+                            match it {
+                                MetaValue::Int(v) => bld.values().append_value(*v),
+                                _ => bld.values().append_null(),
                             }
-                            bld.append(true);
                         }
-                        _ => bld.append(false),
+                        bld.append(true);
                     }
+                    _ => bld.append(false),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::ListFloat64 => {
-                let mut bld = ListBuilder::new(Float64Builder::new());
-                for cell in cells {
-                    match cell {
-                        Cell::List(items) => {
-                            for it in items {
-                                match it {
-                                    MetaValue::Float(v) => bld.values().append_value(v),
-                                    MetaValue::Int(v) => bld.values().append_value(v as f64),
-                                    _ => bld.values().append_null(),
-                                }
+            Arc::new(bld.finish())
+        }
+        ColumnType::ListFloat64 => {
+            let mut bld = ListBuilder::new(Float64Builder::new());
+            for cell in cells {
+                match cell {
+                    Cell::List(items) => {
+                        for it in items.iter() {
+                            match it {
+                                MetaValue::Float(v) => bld.values().append_value(*v),
+                                MetaValue::Int(v) => bld.values().append_value(*v as f64),
+                                _ => bld.values().append_null(),
                             }
-                            bld.append(true);
                         }
-                        _ => bld.append(false),
+                        bld.append(true);
                     }
+                    _ => bld.append(false),
                 }
-                Arc::new(bld.finish())
             }
-            ColumnType::ListBool => {
-                let mut bld = ListBuilder::new(BooleanBuilder::new());
-                for cell in cells {
-                    match cell {
-                        Cell::List(items) => {
-                            for it in items {
-                                match it {
-                                    MetaValue::Bool(v) => bld.values().append_value(v),
-                                    _ => bld.values().append_null(),
-                                }
+            Arc::new(bld.finish())
+        }
+        ColumnType::ListBool => {
+            let mut bld = ListBuilder::new(BooleanBuilder::new());
+            for cell in cells {
+                match cell {
+                    Cell::List(items) => {
+                        for it in items.iter() {
+                            match it {
+                                MetaValue::Bool(v) => bld.values().append_value(*v),
+                                _ => bld.values().append_null(),
                             }
-                            bld.append(true);
                         }
-                        _ => bld.append(false),
+                        bld.append(true);
                     }
+                    _ => bld.append(false),
                 }
-                Arc::new(bld.finish())
             }
+            Arc::new(bld.finish())
         }
     }
 }
 
 /// Type rules for one metadata value (see the module docs).
-fn convert(v: MetaValue, ty: ColumnType, coerce: bool) -> Result<Cell, String> {
+fn convert<'a>(v: Cow<'a, MetaValue>, ty: ColumnType, coerce: bool) -> Result<Cell<'a>, String> {
     let wrong = |v: &MetaValue| format!("expected {ty}, found {} `{}`", v.type_name(), v.to_json());
-    Ok(match (ty, v) {
-        (ColumnType::String, MetaValue::Str(s)) => Cell::Str(s),
-        (ColumnType::Int64, MetaValue::Int(i)) => Cell::Int(i),
-        (ColumnType::Float64, MetaValue::Float(f)) => Cell::Float(f),
-        (ColumnType::Bool, MetaValue::Bool(b)) => Cell::Bool(b),
-        (ColumnType::Json, v) => Cell::Str(v.to_json().to_string()),
+    let str_of = |v: Cow<'a, MetaValue>| match v {
+        Cow::Borrowed(MetaValue::Str(s)) => Cow::Borrowed(s.as_str()),
+        Cow::Owned(MetaValue::Str(s)) => Cow::Owned(s),
+        _ => unreachable!("checked to be a string"),
+    };
+    let list_of = |v: Cow<'a, MetaValue>| match v {
+        Cow::Borrowed(MetaValue::List(items)) => Cow::Borrowed(items.as_slice()),
+        Cow::Owned(MetaValue::List(items)) => Cow::Owned(items),
+        _ => unreachable!("checked to be a list"),
+    };
+    Ok(match (ty, v.as_ref()) {
+        (ColumnType::String, MetaValue::Str(_)) => Cell::Str(str_of(v)),
+        (ColumnType::Int64, MetaValue::Int(i)) => Cell::Int(*i),
+        (ColumnType::Float64, MetaValue::Float(f)) => Cell::Float(*f),
+        (ColumnType::Bool, MetaValue::Bool(b)) => Cell::Bool(*b),
+        (ColumnType::Json, v) => {
+            let mut out = String::new();
+            write_json(&mut out, v);
+            Cell::Str(Cow::Owned(out))
+        }
         (t, MetaValue::List(items)) if t.is_list() => {
             let want = match t {
                 ColumnType::ListString => "string",
@@ -359,7 +453,7 @@ fn convert(v: MetaValue, ty: ColumnType, coerce: bool) -> Result<Cell, String> {
                 ColumnType::ListFloat64 => "float",
                 _ => "bool",
             };
-            for it in &items {
+            for it in items {
                 let ok = it.type_name() == want
                     || (coerce && want == "float" && it.type_name() == "int");
                 if !ok {
@@ -370,33 +464,33 @@ fn convert(v: MetaValue, ty: ColumnType, coerce: bool) -> Result<Cell, String> {
                     ));
                 }
             }
-            Cell::List(items)
+            Cell::List(list_of(v))
         }
-        (t, v) if coerce => match (t, &v) {
+        (t, val) if coerce => match (t, val) {
             (ColumnType::Float64, MetaValue::Int(i)) => Cell::Float(*i as f64),
-            (ColumnType::String, MetaValue::Int(i)) => Cell::Str(i.to_string()),
+            (ColumnType::String, MetaValue::Int(i)) => Cell::Str(Cow::Owned(i.to_string())),
             // A float becomes the same text JSON prints for it.
-            (ColumnType::String, MetaValue::Float(f)) => Cell::Str(
+            (ColumnType::String, MetaValue::Float(f)) => Cell::Str(Cow::Owned(
                 serde_json::Number::from_f64(*f)
                     .map(|n| n.to_string())
-                    .ok_or_else(|| wrong(&v))?,
-            ),
-            (ColumnType::String, MetaValue::Bool(b)) => Cell::Str(b.to_string()),
+                    .ok_or_else(|| wrong(val))?,
+            )),
+            (ColumnType::String, MetaValue::Bool(b)) => Cell::Str(Cow::Owned(b.to_string())),
             (ColumnType::Int64, MetaValue::Str(s)) => {
-                Cell::Int(s.trim().parse().map_err(|_| wrong(&v))?)
+                Cell::Int(s.trim().parse().map_err(|_| wrong(val))?)
             }
             (ColumnType::Float64, MetaValue::Str(s)) => {
-                Cell::Float(s.trim().parse().map_err(|_| wrong(&v))?)
+                Cell::Float(s.trim().parse().map_err(|_| wrong(val))?)
             }
             (ColumnType::Bool, MetaValue::Str(s)) if s == "true" || s == "false" => {
                 Cell::Bool(s == "true")
             }
             (t, scalar) if t.is_list() => {
-                return convert(MetaValue::List(vec![scalar.clone()]), t, coerce);
+                return convert(Cow::Owned(MetaValue::List(vec![scalar.clone()])), t, coerce);
             }
-            _ => return Err(wrong(&v)),
+            _ => return Err(wrong(val)),
         },
-        (_, v) => return Err(wrong(&v)),
+        (_, val) => return Err(wrong(val)),
     })
 }
 
@@ -461,7 +555,7 @@ mod tests {
             ),
             ("b", None, vec![3.0, 4.0]),
         ]);
-        let out = t.transform(&b).unwrap();
+        let out = t.transform(b).unwrap();
         assert_eq!(out.batch.num_rows(), 2);
         let page = out
             .batch
@@ -495,7 +589,7 @@ mod tests {
             meta(&[("page", MetaValue::Str("iv".into()))]),
             vec![1.0],
         )]);
-        let e = t.transform(&b).unwrap_err();
+        let e = t.transform(b).unwrap_err();
         assert_eq!(e.id, "rec-7");
         assert!(
             e.to_string()
@@ -522,7 +616,7 @@ mod tests {
             ),
             ("drop", meta(&[]), vec![1.0]),
         ]);
-        let out = t.transform(&b).unwrap();
+        let out = t.transform(b).unwrap();
         assert_eq!(out.batch.num_rows(), 1);
         assert_eq!(out.skipped.len(), 1);
         assert_eq!(out.skipped[0].id, "drop");
@@ -541,11 +635,11 @@ mod tests {
         let c = collection(BASE);
         let t = Transformer::new(&c, 2);
         let e = t
-            .transform(&batch(vec![("x", None, vec![1.0, f32::NAN])]))
+            .transform(batch(vec![("x", None, vec![1.0, f32::NAN])]))
             .unwrap_err();
         assert!(e.reason.contains("NaN"), "{e}");
         let e = t
-            .transform(&batch(vec![("y", None, vec![1.0, 2.0, 3.0])]))
+            .transform(batch(vec![("y", None, vec![1.0, 2.0, 3.0])]))
             .unwrap_err();
         assert!(e.reason.contains("dimension 3"), "{e}");
     }

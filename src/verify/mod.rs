@@ -202,6 +202,31 @@ impl CollectionVerification {
     }
 }
 
+/// One collection against its table: the id check, then the values
+/// (`validate.sample` records, or all). Apply's validate step and
+/// `lanceferry verify` both come here. `skipped`: records the plan leaves
+/// out; `appended_to`: for `mode: append`, the rows the table had before.
+pub async fn verify_collection(
+    source: &dyn Source,
+    target: &LanceTarget,
+    c: &Collection,
+    skipped: &HashSet<String>,
+    appended_to: Option<u64>,
+) -> Result<CollectionVerification, VerifyError> {
+    let ids = verify_ids(source, target, c, skipped, appended_to).await?;
+    let dim = match c.vector_column().dim {
+        Some(d) => d as usize,
+        None => source.collection(&c.source).await?.dimension.unwrap_or(0) as usize,
+    };
+    let expected = ids.source_count - ids.expected_skipped;
+    let values = values::verify_values(source, target, c, dim, expected, skipped).await?;
+    Ok(CollectionVerification {
+        collection: c.source.clone(),
+        ids,
+        values,
+    })
+}
+
 /// `lanceferry verify`: every collection of a plan against its table.
 /// `appended_to` gives, per table, the rows it had before an append.
 pub async fn verify_plan(
@@ -225,7 +250,7 @@ pub async fn verify_plan(
         {
             let mut stream = source.read(&c.source, c.batch_size as usize);
             while let Some(b) = stream.try_next().await? {
-                if let Ok(t) = transformer.transform(&b) {
+                if let Ok(t) = transformer.transform(b) {
                     skipped.extend(t.skipped.into_iter().map(|s| s.id));
                 }
             }
@@ -235,14 +260,7 @@ pub async fn verify_plan(
         } else {
             None
         };
-        let ids = verify_ids(source.as_ref(), &target, c, &skipped, base).await?;
-        let expected = ids.source_count - ids.expected_skipped;
-        let values = values::verify_values(source.as_ref(), &target, c, dim, expected).await?;
-        out.push(CollectionVerification {
-            collection: c.source.clone(),
-            ids,
-            values,
-        });
+        out.push(verify_collection(source.as_ref(), &target, c, &skipped, base).await?);
     }
     Ok(out)
 }
