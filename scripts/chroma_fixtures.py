@@ -116,6 +116,18 @@ def main(out):
     c.delete(ids=[f"r{i}" for i in range(0, 2600, 3)])
     c.add(ids=[f"r-late{i}" for i in range(1100)], embeddings=[vec(rng, 8) for _ in range(1100)])
 
+    # wide: high-dimensional vectors (HNSW elements over 1 KB, whose slot
+    # map is read label by label), flushed to disk, with deletes, updated
+    # vectors and later adds.
+    c = make(client, "wide", "cosine")
+    for start in range(0, 1300, 325):
+        c.add(ids=[f"w{i}" for i in range(start, start + 325)],
+              embeddings=[vec(rng, 384) for _ in range(325)],
+              documents=[f"wide {i}" for i in range(start, start + 325)])
+    c.delete(ids=[f"w{i}" for i in range(0, 1300, 13)])
+    c.update(ids=[f"w{i}" for i in range(1, 1300, 26)], embeddings=[vec(rng, 384) for _ in range(1, 1300, 26)])
+    c.add(ids=[f"w-late{i}" for i in range(1100)], embeddings=[vec(rng, 384) for _ in range(1100)])
+
     if VERSION >= (1, 5):
         c = make(client, "lists", "cosine")
         c.add(ids=[f"l{i}" for i in range(40)], embeddings=[vec(rng, 8) for _ in range(40)],

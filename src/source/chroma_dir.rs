@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use futures::stream::BoxStream;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
@@ -384,17 +385,46 @@ struct Hnsw {
     cur_count: u64,
     dim: usize,
     /// label → slot, built on the first failed guess.
-    slots: std::sync::OnceLock<HashMap<u64, u64>>,
-    /// id → label, from the pickle.
-    id_to_label: HashMap<String, i64>,
+    slots: OnceLock<FastMap<u64, u64>>,
+    pickle: Pickle,
+    /// id → label, from the pickle, read on first use.
+    id_to_label: OnceLock<FastMap<String, i64>>,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A segment's `index_metadata.pickle`.
+struct Pickle {
+    path: PathBuf,
+    collection: String,
+}
+
+impl Pickle {
+    fn read(&self) -> Result<PersistentData, SourceError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| SourceError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        serde_pickle::from_slice::<PersistentData>(&bytes, Default::default()).map_err(|err| {
+            SourceError::Corrupt {
+                file: self.path.display().to_string(),
+                collection: self.collection.clone(),
+                reason: format!("cannot be read: {err}"),
+                hint: "the file is damaged or truncated; restore the directory from a backup"
+                    .into(),
+            }
+        })
+    }
 }
 
 impl Hnsw {
+    /// `parsed`: the pickle, if the caller had to read it already.
     fn open(
         dir: &Path,
-        collection: &str,
-        pickle: PersistentData,
+        pickle: Pickle,
+        parsed: Option<PersistentData>,
     ) -> Result<Option<Hnsw>, SourceError> {
+        let collection = pickle.collection.clone();
         let corrupt = |file: &Path, reason: String| {
             SourceError::Corrupt {
             file: file.display().to_string(),
@@ -412,7 +442,11 @@ impl Hnsw {
         };
         let header_path = dir.join("header.bin");
         if !header_path.exists() {
-            if pickle.id_to_label.is_empty() {
+            let p = match parsed {
+                Some(p) => p,
+                None => pickle.read()?,
+            };
+            if p.id_to_label.is_empty() {
                 return Ok(None);
             }
             return Err(corrupt(
@@ -439,15 +473,6 @@ impl Hnsw {
             return Err(corrupt(&header_path, "inconsistent element layout".into()));
         }
         let dim = ((label_offset - offset_data) / 4) as usize;
-        if let Some(d) = pickle.dimensionality
-            && d as usize != dim
-            && d > 0
-        {
-            return Err(corrupt(
-                &header_path,
-                format!("dimension {dim} disagrees with `index_metadata.pickle` ({d})"),
-            ));
-        }
         let data_path = dir.join("data_level0.bin");
         let data = File::open(&data_path).map_err(io(&data_path))?;
         let len = data.metadata().map_err(io(&data_path))?.len();
@@ -461,7 +486,7 @@ impl Hnsw {
         }
         let lengths_path = dir.join("length.bin");
         let lengths = File::open(&lengths_path).ok();
-        Ok(Some(Hnsw {
+        let hnsw = Hnsw {
             data,
             data_path,
             lengths,
@@ -470,9 +495,42 @@ impl Hnsw {
             label_offset,
             cur_count,
             dim,
-            slots: std::sync::OnceLock::new(),
-            id_to_label: pickle.id_to_label,
-        }))
+            slots: OnceLock::new(),
+            pickle,
+            id_to_label: OnceLock::new(),
+        };
+        if let Some(p) = parsed {
+            hnsw.take_pickle(p)?;
+        }
+        Ok(Some(hnsw))
+    }
+
+    /// Checks a read pickle against the header and keeps its id → label map.
+    fn take_pickle(&self, p: PersistentData) -> Result<&FastMap<String, i64>, SourceError> {
+        if let Some(d) = p.dimensionality
+            && d as usize != self.dim
+            && d > 0
+        {
+            return Err(SourceError::Corrupt {
+                file: self.pickle.path.display().to_string(),
+                collection: self.pickle.collection.clone(),
+                reason: format!(
+                    "dimension {d} disagrees with `header.bin` ({})",
+                    self.dim
+                ),
+                hint: "the segment files are incomplete or damaged; restore the directory from a backup, or read the collection through a running Chroma server (`source.chroma.url`)".into(),
+            });
+        }
+        Ok(self
+            .id_to_label
+            .get_or_init(|| p.id_to_label.into_iter().collect()))
+    }
+
+    fn labels(&self) -> Result<&FastMap<String, i64>, SourceError> {
+        match self.id_to_label.get() {
+            Some(m) => Ok(m),
+            None => self.take_pickle(self.pickle.read()?),
+        }
     }
 
     fn io_err(&self, source: std::io::Error) -> SourceError {
@@ -484,7 +542,7 @@ impl Hnsw {
 
     /// The label → slot map of every live element, read once, in large
     /// sequential chunks.
-    fn slot_map(&self) -> Result<&HashMap<u64, u64>, SourceError> {
+    fn slot_map(&self) -> Result<&FastMap<u64, u64>, SourceError> {
         if let Some(m) = self.slots.get() {
             return Ok(m);
         }
@@ -494,7 +552,33 @@ impl Hnsw {
             self.cur_count
         );
         let spe = self.size_per_element;
-        let mut slots = HashMap::with_capacity(self.cur_count as usize);
+        let mut slots =
+            FastMap::with_capacity_and_hasher(self.cur_count as usize, Default::default());
+        if spe >= 1024 && self.label_offset + 8 == spe {
+            // Large elements (high dimensions): read only what is needed.
+            // An element's label is its last 8 bytes and the next element's
+            // link header (with the deleted mark) follows it, so one 12-byte
+            // read per element gives both.
+            let mut header = [0u8; 4];
+            if self.cur_count > 0 {
+                self.data
+                    .read_exact_at(&mut header, 0)
+                    .map_err(|e| self.io_err(e))?;
+            }
+            let mut buf = [0u8; 12];
+            for slot in 0..self.cur_count {
+                let len = if slot + 1 < self.cur_count { 12 } else { 8 };
+                self.data
+                    .read_exact_at(&mut buf[..len], slot * spe + self.label_offset)
+                    .map_err(|e| self.io_err(e))?;
+                if header[2] & 0x01 == 0 {
+                    let label = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                    slots.insert(label, slot);
+                }
+                header.copy_from_slice(&buf[8..12]);
+            }
+            return Ok(self.slots.get_or_init(|| slots));
+        }
         let chunk_elems = (4 << 20) / spe.max(1) + 1;
         let mut buf = Vec::new();
         let mut slot = 0u64;
@@ -527,8 +611,8 @@ impl Hnsw {
         ))
     }
 
-    fn label_of(&self, id: &str) -> Option<u64> {
-        self.id_to_label.get(id).map(|l| *l as u64)
+    fn label_of(&self, id: &str) -> Result<Option<u64>, SourceError> {
+        Ok(self.labels()?.get(id).map(|l| *l as u64))
     }
 
     /// Where `label` probably is: its mapped slot once the map exists,
@@ -557,59 +641,76 @@ impl Hnsw {
     }
 
     fn contains(&self, id: &str) -> Result<bool, SourceError> {
-        match self.label_of(id) {
+        match self.label_of(id)? {
             Some(label) => Ok(self.find_slot(label)?.is_some()),
             None => Ok(false),
         }
     }
 
-    /// Reads slots `first..=last` with one read of `data_level0.bin` (and
-    /// one of `length.bin`): a page of records written in order sits in
-    /// consecutive slots, so this replaces two small reads per record.
-    fn read_range(&self, first: u64, last: u64, cosine: bool) -> Result<SlotRange, SourceError> {
-        let n = (last - first + 1) as usize;
-        let mut bytes = vec![0u8; n * self.size_per_element as usize];
-        self.data
-            .read_exact_at(&mut bytes, first * self.size_per_element)
-            .map_err(|e| self.io_err(e))?;
-        let norms = match (&self.lengths, cosine) {
-            (Some(f), true) => {
-                let mut b = vec![0u8; n * 4];
-                f.read_exact_at(&mut b, first * 4)
+    /// Reads runs of consecutive slots (`first..=last` each) with one read
+    /// of `data_level0.bin` (and one of `length.bin`) per run, into `into`'s
+    /// buffers: records written together sit in nearby slots, so a page
+    /// takes a few large reads instead of two small ones per record. The
+    /// buffers are reused page after page (grown, never zeroed again).
+    fn read_runs(
+        &self,
+        runs: &[(u64, u64)],
+        cosine: bool,
+        into: &mut PageVectors,
+    ) -> Result<(), SourceError> {
+        let spe = self.size_per_element as usize;
+        let total: usize = runs.iter().map(|(lo, hi)| (hi - lo + 1) as usize).sum();
+        if into.bytes.len() < total * spe {
+            into.bytes.resize(total * spe, 0);
+        }
+        into.runs.clear();
+        into.norms.clear();
+        let lengths = self.lengths.as_ref().filter(|_| cosine);
+        let mut start = 0usize;
+        let mut norm_bytes = Vec::new();
+        for &(first, last) in runs {
+            let n = (last - first + 1) as usize;
+            self.data
+                .read_exact_at(
+                    &mut into.bytes[start * spe..(start + n) * spe],
+                    first * self.size_per_element,
+                )
+                .map_err(|e| self.io_err(e))?;
+            if let Some(f) = lengths {
+                norm_bytes.resize(n * 4, 0);
+                f.read_exact_at(&mut norm_bytes, first * 4)
                     .map_err(|source| SourceError::Io {
                         path: "length.bin".into(),
                         source,
                     })?;
-                Some(
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                        .collect(),
-                )
+                into.norms.extend(
+                    norm_bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                );
             }
-            _ => None,
-        };
-        Ok(SlotRange {
-            first,
-            last,
-            bytes,
-            norms,
-        })
+            into.runs.push(Run { first, last, start });
+            start += n;
+        }
+        Ok(())
     }
 
-    /// Appends the vector of `label` from a range read by
-    /// [`Hnsw::read_range`], if the range holds it in `slot`.
-    fn vector_in(&self, r: &SlotRange, slot: u64, label: u64, out: &mut Vec<f32>) -> bool {
-        if slot < r.first || slot > r.last {
+    /// Appends the vector of `label` from slots read by
+    /// [`Hnsw::read_runs`], if they hold it in `slot`.
+    fn vector_in(&self, v: &PageVectors, slot: u64, label: u64, out: &mut Vec<f32>) -> bool {
+        // The run holding the slot: the last starting at or before it.
+        let i = v.runs.partition_point(|r| r.first <= slot);
+        let Some(r) = v.runs[..i].last().filter(|r| slot <= r.last) else {
             return false;
-        }
-        let i = (slot - r.first) as usize;
+        };
+        let e = r.start + (slot - r.first) as usize;
         let spe = self.size_per_element as usize;
-        let element = &r.bytes[i * spe..(i + 1) * spe];
+        let element = &v.bytes[e * spe..(e + 1) * spe];
         if self.live_label(element) != Some(label) {
             return false;
         }
         let at = self.offset_data as usize;
-        let scale = r.norms.as_ref().map_or(1.0, |n| n[i]);
+        let scale = v.norms.get(e).copied().unwrap_or(1.0);
         out.extend(
             element[at..at + self.dim * 4]
                 .chunks_exact(4)
@@ -621,24 +722,32 @@ impl Hnsw {
     /// Appends the stored vector of `id`, de-normalised for cosine spaces
     /// (they store the unit vector, and its norm in `length.bin`).
     fn vector(&self, id: &str, cosine: bool, out: &mut Vec<f32>) -> Result<bool, SourceError> {
-        let Some(label) = self.label_of(id) else {
+        let Some(label) = self.label_of(id)? else {
             return Ok(false);
         };
         let Some(slot) = self.find_slot(label)? else {
             return Ok(false);
         };
-        let range = self.read_range(slot, slot, cosine)?;
-        Ok(self.vector_in(&range, slot, label, out))
+        let mut v = PageVectors::default();
+        self.read_runs(&[(slot, slot)], cosine, &mut v)?;
+        Ok(self.vector_in(&v, slot, label, out))
     }
 }
 
-/// Consecutive HNSW slots read at once.
-struct SlotRange {
+/// Slots read by [`Hnsw::read_runs`]: the elements of every run back to
+/// back in `bytes`, and their cosine norms (empty when not cosine).
+#[derive(Default)]
+struct PageVectors {
+    bytes: Vec<u8>,
+    norms: Vec<f32>,
+    runs: Vec<Run>,
+}
+
+/// Slots `first..=last`, stored from element `start` of the buffer.
+struct Run {
     first: u64,
     last: u64,
-    bytes: Vec<u8>,
-    /// Cosine norms from `length.bin`, when the space is cosine.
-    norms: Option<Vec<f32>>,
+    start: usize,
 }
 
 /// The state of a record's non-vector fields after the queue.
@@ -827,30 +936,26 @@ impl CollectionCtx {
         if let Some(vs) = &meta.vector_segment {
             let seg_dir = dir.join(vs);
             let pickle_path = seg_dir.join("index_metadata.pickle");
-            let pickle = if pickle_path.exists() {
-                let bytes = std::fs::read(&pickle_path).map_err(|source| SourceError::Io {
-                    path: pickle_path.display().to_string(),
-                    source,
-                })?;
-                Some(
-                    serde_pickle::from_slice::<PersistentData>(&bytes, Default::default()).map_err(|err| {
-                        SourceError::Corrupt {
-                            file: pickle_path.display().to_string(),
-                            collection: meta.name.clone(),
-                            reason: format!("cannot be read: {err}"),
-                            hint: "the file is damaged or truncated; restore the directory from a backup".into(),
-                        }
-                    })?,
-                )
-            } else {
-                None
+            let pickle = Pickle {
+                path: pickle_path.clone(),
+                collection: meta.name.clone(),
             };
-            vector_seq = max_seq_id(conn, vs)
-                .map_err(&e)?
-                .or(pickle.as_ref().and_then(|p| p.max_seq_id))
-                .unwrap_or(0);
-            if let Some(p) = pickle {
-                hnsw = Hnsw::open(&seg_dir, &meta.name, p)?;
+            // The pickle (an id → label entry per vector) is read only when
+            // vectors are; its position is needed up front only where SQLite
+            // does not record the segment's (0.4.x).
+            let mut parsed = None;
+            vector_seq = match max_seq_id(conn, vs).map_err(&e)? {
+                Some(seq) => seq,
+                None if pickle_path.exists() => {
+                    let p = pickle.read()?;
+                    let seq = p.max_seq_id.unwrap_or(0);
+                    parsed = Some(p);
+                    seq
+                }
+                None => 0,
+            };
+            if pickle_path.exists() {
+                hnsw = Hnsw::open(&seg_dir, pickle, parsed)?;
             }
         }
         let metadata_seq = max_seq_id(conn, &meta.metadata_segment)
@@ -1196,14 +1301,14 @@ impl CollectionCtx {
     }
 
     /// Appends record `id` to `batch`: its fields, and its vector from the
-    /// queue overlay, from `ranges` (the page's slots, read in bulk) or,
+    /// queue overlay, from `page` (the page's slots, read in bulk) or,
     /// failing those, from the HNSW files directly.
     fn push_record(
         &self,
         batch: &mut SourceBatch,
         id: String,
         fields: Fields,
-        ranges: &[SlotRange],
+        page: Option<&PageVectors>,
     ) -> Result<(), SourceError> {
         let cosine = self.space == DistanceSpace::Cosine;
         let before = batch.embeddings.len();
@@ -1217,16 +1322,13 @@ impl CollectionCtx {
             None => {
                 let found = match &self.hnsw {
                     Some(h) => {
-                        let in_range = h.label_of(&id).is_some_and(|label| {
-                            h.likely_slot(label).is_some_and(|slot| {
-                                // The range holding the slot: the last starting at or before it.
-                                let i = ranges.partition_point(|r| r.first <= slot);
-                                ranges[..i].last().is_some_and(|r| {
-                                    h.vector_in(r, slot, label, &mut batch.embeddings)
-                                })
-                            })
-                        });
-                        in_range || h.vector(&id, cosine, &mut batch.embeddings)?
+                        let in_page = match (page, h.label_of(&id)?) {
+                            (Some(v), Some(label)) => h.likely_slot(label).is_some_and(|slot| {
+                                h.vector_in(v, slot, label, &mut batch.embeddings)
+                            }),
+                            _ => false,
+                        };
+                        in_page || h.vector(&id, cosine, &mut batch.embeddings)?
                     }
                     None => false,
                 };
@@ -1262,6 +1364,7 @@ impl CollectionCtx {
         let mut batch = SourceBatch::with_capacity(batch_size, dim);
         let mut last = i64::MIN;
         let cosine = self.space == DistanceSpace::Cosine;
+        let mut vectors = PageVectors::default();
         loop {
             let page = self.page(conn, last, batch_size)?;
             let Some((l, _)) = page.last() else { break };
@@ -1275,40 +1378,30 @@ impl CollectionCtx {
             // The page's vectors in a few large reads: slots sorted and cut
             // into runs without big gaps (records written together sit in
             // nearby slots, though not always in row order).
-            let ranges = match &self.hnsw {
-                Some(h) => {
-                    let mut slots: Vec<u64> = page
-                        .iter()
-                        .filter(|(_, id)| !self.vector_overlay.contains_key(id))
-                        .filter_map(|(_, id)| h.label_of(id).and_then(|l| h.likely_slot(l)))
-                        .collect();
-                    slots.sort_unstable();
-                    let mut ranges = Vec::new();
-                    let mut run: Option<(u64, u64)> = None;
-                    for s in slots {
-                        run = match run {
-                            Some((lo, hi)) if s <= hi + 8 => Some((lo, s)),
-                            Some((lo, hi)) => {
-                                ranges.push(h.read_range(lo, hi, cosine)?);
-                                Some((s, s))
-                            }
-                            None => Some((s, s)),
-                        };
+            if let Some(h) = &self.hnsw {
+                let labels = h.labels()?;
+                let mut slots: Vec<u64> = page
+                    .iter()
+                    .filter(|(_, id)| !self.vector_overlay.contains_key(id))
+                    .filter_map(|(_, id)| labels.get(id).and_then(|l| h.likely_slot(*l as u64)))
+                    .collect();
+                slots.sort_unstable();
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for s in slots {
+                    match runs.last_mut() {
+                        Some((_, hi)) if s <= *hi + 8 => *hi = s,
+                        _ => runs.push((s, s)),
                     }
-                    if let Some((lo, hi)) = run {
-                        ranges.push(h.read_range(lo, hi, cosine)?);
-                    }
-                    ranges
                 }
-                None => Vec::new(),
-            };
+                h.read_runs(&runs, cosine, &mut vectors)?;
+            }
             for (rowid, id) in page {
                 let f = match self.fields_overlay.get(&id) {
                     Some(None) => continue,
                     Some(Some(f)) => f.clone(),
                     None => fields.remove(&rowid).unwrap_or_default(),
                 };
-                self.push_record(&mut batch, id, f, &ranges)?;
+                self.push_record(&mut batch, id, f, Some(&vectors))?;
                 if batch.len() >= batch_size {
                     let full =
                         std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
@@ -1322,7 +1415,7 @@ impl CollectionCtx {
         // above never yielded them.
         for id in &self.queue_only {
             if let Some(Some(f)) = self.fields_overlay.get(id) {
-                self.push_record(&mut batch, id.clone(), f.clone(), &[])?;
+                self.push_record(&mut batch, id.clone(), f.clone(), None)?;
                 if batch.len() >= batch_size {
                     let full =
                         std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
@@ -1405,7 +1498,7 @@ impl CollectionCtx {
         let mut batch = SourceBatch::with_capacity(ids.len(), self.dim.unwrap_or(0));
         for id in ids {
             if let Some(f) = self.current_fields(conn, id)? {
-                self.push_record(&mut batch, id.clone(), f, &[])?;
+                self.push_record(&mut batch, id.clone(), f, None)?;
             }
         }
         Ok(batch)
