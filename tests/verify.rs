@@ -242,3 +242,48 @@ fn a_sample_compares_exactly_that_many_records_by_id() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report[0]["values"]["content_mismatches"], 7, "{report}");
 }
+
+/// With too little memory for the one-pass comparison, verification falls
+/// back to hash buckets (one pass of each side per bucket) and still
+/// compares every record and catches a changed one.
+#[test]
+fn a_small_memory_budget_compares_in_buckets() {
+    let out = tempfile::tempdir().unwrap();
+    let o = lanceferry(out.path())
+        .args(["apply", "plans/demo.yaml", "--auto-approve"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let verify = || {
+        lanceferry(out.path())
+            .env("LANCEFERRY_VERIFY_MEMORY", "100000")
+            .env("RUST_LOG", "lanceferry=debug")
+            .args(["verify", "plans/demo.yaml", "--json"])
+            .output()
+            .unwrap()
+    };
+    let o = verify();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("comparing in hash buckets"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["values"]["compared"], 600, "{v}");
+    corrupt(
+        out.path(),
+        "t.update(where=\"doc_id = 'expl-00042'\", values={'content': 'tampered'})",
+    );
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["values"]["compared"], 600, "{v}");
+    assert_eq!(v[0]["values"]["content_mismatches"], 1, "{v}");
+    assert!(
+        v[0]["values"]["examples"][0]
+            .as_str()
+            .unwrap()
+            .contains("`expl-00042`.`content`")
+    );
+}

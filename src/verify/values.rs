@@ -24,6 +24,16 @@ use crate::transform::Transformer;
 
 /// Bytes of source records one bucket may hold.
 const BUCKET_BUDGET: usize = 256 << 20;
+
+/// The memory budget for held records: `LANCEFERRY_VERIFY_MEMORY` (bytes)
+/// when set, for machines with little memory, else 256 MiB.
+fn budget() -> usize {
+    std::env::var("LANCEFERRY_VERIFY_MEMORY")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|b| *b > 0)
+        .unwrap_or(BUCKET_BUDGET)
+}
 const EXAMPLES: usize = 10;
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,7 +100,9 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na.sqrt() * nb.sqrt())
 }
 
-struct Expected {
+/// One record's compared values: a cell per column (empty for columns the
+/// check does not compare) and the vector.
+struct Row {
     cells: Vec<String>,
     vector: Vec<f32>,
 }
@@ -117,63 +129,110 @@ struct Layout<'a> {
     names: Vec<&'a str>,
     id_idx: usize,
     vec_idx: usize,
+    /// Per column: `Some(true)` content, `Some(false)` metadata, compared;
+    /// `None` not compared as a value.
+    compared: Vec<Option<bool>>,
+    /// What one held row costs, roughly (for the memory budget).
+    row_bytes: usize,
 }
 
-impl Layout<'_> {
-    /// Whether a column is content (true), metadata (false) or neither.
-    fn kind(f: &Field) -> Option<bool> {
-        match f {
-            Field::Document | Field::Uri => Some(true),
-            Field::Metadata | Field::MetadataKey(_) => Some(false),
-            _ => None,
+impl<'a> Layout<'a> {
+    fn new(c: &'a Collection, dim: usize) -> Self {
+        let v = &c.validate;
+        let position = |f: Field| c.columns.iter().position(|col| col.from == f);
+        Layout {
+            c,
+            names: c.columns.iter().map(|col| col.name.as_str()).collect(),
+            id_idx: position(Field::Id).expect("id column"),
+            vec_idx: position(Field::Embedding).expect("vector column"),
+            compared: c
+                .columns
+                .iter()
+                .map(|col| match col.from {
+                    Field::Document | Field::Uri if v.content => Some(true),
+                    Field::Metadata | Field::MetadataKey(_) if v.metadata => Some(false),
+                    _ => None,
+                })
+                .collect(),
+            row_bytes: dim * 4 + 64 * c.columns.len() + 64,
         }
     }
 
-    /// Compares one table batch with the expected records it holds.
-    fn compare(
+    fn id(&self, batch: &RecordBatch, r: usize) -> String {
+        cell(batch.column(self.id_idx).as_ref(), r)
+    }
+
+    /// Row `r` of a batch in the table's schema (source batches are
+    /// transformed into it first).
+    fn row(&self, batch: &RecordBatch, r: usize) -> Row {
+        Row {
+            cells: self
+                .compared
+                .iter()
+                .enumerate()
+                .map(|(ci, kind)| match kind {
+                    Some(_) => cell(batch.column(ci).as_ref(), r),
+                    None => String::new(),
+                })
+                .collect(),
+            vector: vector(batch.column(self.vec_idx).as_ref(), r),
+        }
+    }
+
+    /// Compares a record as the source has it with its row in the table.
+    fn compare(&self, id: &str, exp: &Row, got: &Row, t: &mut Tally) {
+        t.compared += 1;
+        for (ci, kind) in self.compared.iter().enumerate() {
+            let Some(is_content) = *kind else { continue };
+            if got.cells[ci] != exp.cells[ci] {
+                if is_content {
+                    t.content_mismatches += 1;
+                } else {
+                    t.metadata_mismatches += 1;
+                }
+                if t.examples.len() < EXAMPLES {
+                    t.examples.push(format!(
+                        "`{id}`.`{}`: table has {:?}, source {:?}",
+                        self.c.columns[ci].name, got.cells[ci], exp.cells[ci]
+                    ));
+                }
+            }
+        }
+        t.cosines.push(cosine(&got.vector, &exp.vector));
+    }
+
+    /// Compares a table batch with the records of `expected` it holds.
+    fn compare_batch(
         &self,
         batch: &RecordBatch,
-        expected: &HashMap<String, Expected>,
+        expected: &HashMap<String, Row>,
         seen: &mut HashSet<String>,
         t: &mut Tally,
     ) {
-        let v = &self.c.validate;
-        let ids = batch.column(self.id_idx);
         for r in 0..batch.num_rows() {
-            let id = cell(ids.as_ref(), r);
+            let id = self.id(batch, r);
             let Some(exp) = expected.get(&id) else {
                 continue;
             };
             if !seen.insert(id.clone()) {
                 continue; // duplicates are the id check's business
             }
-            t.compared += 1;
-            for (ci, col) in self.c.columns.iter().enumerate() {
-                let Some(is_content) = Self::kind(&col.from) else {
-                    continue;
-                };
-                if (is_content && !v.content) || (!is_content && !v.metadata) {
-                    continue;
-                }
-                let got = cell(batch.column(ci).as_ref(), r);
-                if got != exp.cells[ci] {
-                    if is_content {
-                        t.content_mismatches += 1;
-                    } else {
-                        t.metadata_mismatches += 1;
-                    }
-                    if t.examples.len() < EXAMPLES {
-                        t.examples.push(format!(
-                            "`{id}`.`{}`: table has {got:?}, source {:?}",
-                            col.name, exp.cells[ci]
-                        ));
-                    }
-                }
+            self.compare(&id, exp, &self.row(batch, r), t);
+        }
+    }
+
+    /// The wanted rows of a transformed source batch, into `out`.
+    fn collect(
+        &self,
+        t: &RecordBatch,
+        wanted: &dyn Fn(&str) -> bool,
+        out: &mut HashMap<String, Row>,
+    ) {
+        for r in 0..t.num_rows() {
+            let id = self.id(t, r);
+            if wanted(&id) {
+                out.insert(id, self.row(t, r));
             }
-            t.cosines.push(cosine(
-                &vector(batch.column(self.vec_idx).as_ref(), r),
-                &exp.vector,
-            ));
         }
     }
 }
@@ -207,6 +266,91 @@ async fn sample_ids(
     Ok(heap.into_iter().map(|(_, id)| id).collect())
 }
 
+/// Source and table in one pass each, side by side. Rows seen on one side
+/// wait for their match from the other; when both are in the same order
+/// (a table apply wrote from this source) that is about one batch. Returns
+/// `None`, having compared nothing for good, when the waiting rows outgrow
+/// the memory budget: the orders differ (an append to an older table, an
+/// upsert), and the caller compares in buckets instead.
+async fn merge_pass(
+    source: &dyn Source,
+    table: &lancedb::Table,
+    transformer: &Transformer,
+    layout: &Layout<'_>,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Option<Tally>, VerifyError> {
+    let c = layout.c;
+    let read_err = |source| VerifyError::Read {
+        table: c.table.clone(),
+        source,
+    };
+    let mut src = source.read(&c.source, c.batch_size as usize);
+    let mut rows = table
+        .query()
+        .select(Select::columns(&layout.names))
+        .execute()
+        .await
+        .map_err(read_err)?;
+    let mut tally = Tally::default();
+    let mut from_source: HashMap<String, Row> = HashMap::new();
+    let mut from_table: HashMap<String, Row> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let (mut source_done, mut table_done) = (false, false);
+    while !(source_done && table_done) {
+        // Read from the side that is behind.
+        if !source_done && (table_done || from_source.len() <= from_table.len()) {
+            let Some(b) = src.try_next().await? else {
+                source_done = true;
+                continue;
+            };
+            let Ok(t) = transformer.transform(b) else {
+                continue; // not comparable; apply's copy fails on it already
+            };
+            for r in 0..t.batch.num_rows() {
+                let id = layout.id(&t.batch, r);
+                if !wanted(&id) {
+                    continue;
+                }
+                let exp = layout.row(&t.batch, r);
+                match from_table.remove(&id) {
+                    Some(got) => {
+                        seen.insert(id.clone());
+                        layout.compare(&id, &exp, &got, &mut tally);
+                    }
+                    None => {
+                        from_source.insert(id, exp);
+                    }
+                }
+            }
+        } else {
+            let Some(batch) = rows.try_next().await.map_err(read_err)? else {
+                table_done = true;
+                continue;
+            };
+            for r in 0..batch.num_rows() {
+                let id = layout.id(&batch, r);
+                if !wanted(&id) || seen.contains(&id) {
+                    continue; // not sampled, or a duplicate
+                }
+                let got = layout.row(&batch, r);
+                match from_source.remove(&id) {
+                    Some(exp) => {
+                        seen.insert(id.clone());
+                        layout.compare(&id, &exp, &got, &mut tally);
+                    }
+                    None => {
+                        from_table.insert(id, got);
+                    }
+                }
+            }
+        }
+        if (from_source.len() + from_table.len()) * layout.row_bytes > budget() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(tally))
+}
+
 /// Compares values of every record, or of `sample` records (see
 /// [`sample_ids`]); `expected_count` (records the table should hold) sizes
 /// the sample and the buckets, `skipped` are records the plan leaves out.
@@ -220,20 +364,7 @@ pub async fn verify_values(
 ) -> Result<ValueCheck, VerifyError> {
     let v = &c.validate;
     let transformer = Transformer::new(c, dim);
-    let layout = Layout {
-        c,
-        names: c.columns.iter().map(|col| col.name.as_str()).collect(),
-        id_idx: c
-            .columns
-            .iter()
-            .position(|col| col.from == Field::Id)
-            .expect("id column"),
-        vec_idx: c
-            .columns
-            .iter()
-            .position(|col| col.from == Field::Embedding)
-            .expect("vector column"),
-    };
+    let layout = Layout::new(c, dim);
     let Some(table) = target.open(&c.table).await? else {
         return Ok(ValueCheck {
             compared: 0,
@@ -270,13 +401,7 @@ pub async fn verify_values(
                 // A record apply could not transform fails apply's copy
                 // already; here it is simply not comparable.
                 if let Ok(t) = transformer.transform(b) {
-                    collect(
-                        &t.batch,
-                        layout.id_idx,
-                        layout.vec_idx,
-                        &|_| true,
-                        &mut expected,
-                    );
+                    layout.collect(&t.batch, &|_| true, &mut expected);
                 }
                 let list: Vec<String> = chunk
                     .iter()
@@ -291,43 +416,46 @@ pub async fn verify_values(
                     .map_err(read_err)?;
                 let mut seen = HashSet::new();
                 while let Some(batch) = rows.try_next().await.map_err(read_err)? {
-                    layout.compare(&batch, &expected, &mut seen, &mut tally);
+                    layout.compare_batch(&batch, &expected, &mut seen, &mut tally);
                 }
             }
         }
-        // Everything, or a large sample: stream both sides, in hash
-        // buckets that keep the expected records within a memory budget.
+        // Everything, or a large sample: one pass over both sides when the
+        // table holds its rows in source order (as apply writes them), else
+        // hash buckets that keep the held records within a memory budget.
         _ => {
-            let selected = sample.as_ref().map_or(expected_count, |s| s.len() as u64);
-            let per_record = dim * 4 + 64 * c.columns.len() + 64;
-            let buckets = ((selected as usize * per_record).div_ceil(BUCKET_BUDGET)).max(1) as u64;
-            for bucket in 0..buckets {
-                let wanted = |id: &str| {
-                    sample.as_ref().is_none_or(|s| s.contains(id))
-                        && hash64(v.seed, 1, id) % buckets == bucket
-                };
-                let mut expected: HashMap<String, Expected> = HashMap::new();
-                let mut stream = source.read(&c.source, c.batch_size as usize);
-                while let Some(b) = stream.try_next().await? {
-                    if let Ok(t) = transformer.transform(b) {
-                        collect(
-                            &t.batch,
-                            layout.id_idx,
-                            layout.vec_idx,
-                            &wanted,
-                            &mut expected,
-                        );
+            let wanted = |id: &str| sample.as_ref().is_none_or(|s| s.contains(id));
+            match merge_pass(source, &table, &transformer, &layout, &wanted).await? {
+                Some(t) => tally = t,
+                None => {
+                    tracing::debug!(
+                        "verify `{}`: the table's row order differs from the source's; comparing in hash buckets",
+                        c.table
+                    );
+                    let selected = sample.as_ref().map_or(expected_count, |s| s.len() as u64);
+                    let buckets =
+                        ((selected as usize * layout.row_bytes).div_ceil(budget())).max(1) as u64;
+                    for bucket in 0..buckets {
+                        let in_bucket =
+                            |id: &str| wanted(id) && hash64(v.seed, 1, id) % buckets == bucket;
+                        let mut expected: HashMap<String, Row> = HashMap::new();
+                        let mut stream = source.read(&c.source, c.batch_size as usize);
+                        while let Some(b) = stream.try_next().await? {
+                            if let Ok(t) = transformer.transform(b) {
+                                layout.collect(&t.batch, &in_bucket, &mut expected);
+                            }
+                        }
+                        let mut rows = table
+                            .query()
+                            .select(Select::columns(&layout.names))
+                            .execute()
+                            .await
+                            .map_err(read_err)?;
+                        let mut seen: HashSet<String> = HashSet::new();
+                        while let Some(batch) = rows.try_next().await.map_err(read_err)? {
+                            layout.compare_batch(&batch, &expected, &mut seen, &mut tally);
+                        }
                     }
-                }
-                let mut rows = table
-                    .query()
-                    .select(Select::columns(&layout.names))
-                    .execute()
-                    .await
-                    .map_err(read_err)?;
-                let mut seen: HashSet<String> = HashSet::new();
-                while let Some(batch) = rows.try_next().await.map_err(read_err)? {
-                    layout.compare(&batch, &expected, &mut seen, &mut tally);
                 }
             }
         }
@@ -378,36 +506,4 @@ pub async fn verify_values(
         cosine: stats,
         breaches,
     })
-}
-
-fn collect(
-    t: &RecordBatch,
-    id_idx: usize,
-    vec_idx: usize,
-    wanted: &dyn Fn(&str) -> bool,
-    out: &mut HashMap<String, Expected>,
-) {
-    let ids = t.column(id_idx);
-    for r in 0..t.num_rows() {
-        let id = cell(ids.as_ref(), r);
-        if !wanted(&id) {
-            continue;
-        }
-        let cells = (0..t.num_columns())
-            .map(|ci| {
-                if ci == vec_idx {
-                    String::new()
-                } else {
-                    cell(t.column(ci).as_ref(), r)
-                }
-            })
-            .collect();
-        out.insert(
-            id,
-            Expected {
-                cells,
-                vector: vector(t.column(vec_idx).as_ref(), r),
-            },
-        );
-    }
 }
