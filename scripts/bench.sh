@@ -85,6 +85,11 @@ collections:
     validate: { count: exact, ids: true, content: false, metadata: false, sample: 1 }
 YAML
 measure "lanceferry apply (copy)" "$BIN" apply "$OUT/copy-only.yaml" --auto-approve
+# The copy with the canvas plan's validation (every record's values), no
+# backup and no indexes.
+sed -e 's#validate: .*#validate: { count: exact, ids: true, content: true, metadata: true, sample: all, min_cosine: 0.99 }#' \
+  -e "s#lancedb-copy#lancedb-all#" -e "s#state-copy#state-all#" "$OUT/copy-only.yaml" > "$OUT/copy-all.yaml"
+measure "lanceferry apply (copy+verify)" "$BIN" apply "$OUT/copy-all.yaml" --auto-approve
 cp -r "$DATA" "$OUT/pycopy"   # chromadb may write to the directory it opens
 measure "python get()+add pipeline" "$PY" scripts/bench_python_pipeline.py "$OUT/pycopy" "$OUT/lancedb-py" canvas_explanations
 cat "$OUT/python get()+add pipeline.out"
