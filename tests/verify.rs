@@ -17,10 +17,12 @@ fn lanceferry(out: &Path) -> Command {
     cmd
 }
 
-fn corrupt(out: &Path, python: &str) {
+/// Runs `python` with Python `lancedb`, `t` being table `table` of the
+/// LanceDB at `uri`.
+fn with_table(uri: &Path, table: &str, python: &str) {
     let script = format!(
-        "import lancedb\nt = lancedb.connect('{}').open_table('canvas_explanations')\n{python}\n",
-        out.join("lancedb").display()
+        "import lancedb\nt = lancedb.connect('{}').open_table('{table}')\n{python}\n",
+        uri.display()
     );
     let o = Std::new(common::python("1.5.9"))
         .arg("-c")
@@ -28,6 +30,22 @@ fn corrupt(out: &Path, python: &str) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Changes the demo's `canvas_explanations` table.
+fn corrupt(out: &Path, python: &str) {
+    with_table(&out.join("lancedb"), "canvas_explanations", python);
+}
+
+/// `lanceferry ARGS PLAN`.
+fn run_plan(plan: &Path, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("lanceferry")
+        .unwrap()
+        .env("NO_COLOR", "1")
+        .args(args)
+        .arg(plan)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -137,15 +155,7 @@ fn verify_knows_the_records_the_plan_skips() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        Command::cargo_bin("lanceferry")
-            .unwrap()
-            .env("NO_COLOR", "1")
-            .args(args)
-            .arg(&plan)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| run_plan(&plan, args);
     let o = run(&["apply", "--auto-approve"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&["verify", "--json"]);
@@ -157,16 +167,11 @@ fn verify_knows_the_records_the_plan_skips() {
         "the fixture has records without `page`: {report}"
     );
     // A real loss is still caught.
-    let script = format!(
-        "import lancedb\nt = lancedb.connect('{}').open_table('basic')\nt.delete(\"id = 'doc-0001'\")\n",
-        out.path().join("lancedb").display()
+    with_table(
+        &out.path().join("lancedb"),
+        "basic",
+        "t.delete(\"id = 'doc-0001'\")",
     );
-    let p = Std::new(common::python("1.5.9"))
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let o = run(&["verify"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("`doc-0001`"));
@@ -206,15 +211,7 @@ fn a_sample_compares_exactly_that_many_records_by_id() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        Command::cargo_bin("lanceferry")
-            .unwrap()
-            .env("NO_COLOR", "1")
-            .args(args)
-            .arg(&plan)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| run_plan(&plan, args);
     let o = run(&["apply", "--auto-approve"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
@@ -227,16 +224,11 @@ fn a_sample_compares_exactly_that_many_records_by_id() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report[0]["values"]["compared"], 7, "{report}");
     // Tamper every row's content: all 7 sampled records must differ.
-    let script = format!(
-        "import lancedb\nt = lancedb.connect('{}').open_table('odd')\nt.update(values={{'content': 'tampered'}})\n",
-        out.path().join("lancedb").display()
+    with_table(
+        &out.path().join("lancedb"),
+        "odd",
+        "t.update(values={'content': 'tampered'})",
     );
-    let p = Std::new(common::python("1.5.9"))
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let o = run(&["verify", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
 };
 use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field as ArrowField, Schema, SchemaRef};
@@ -359,80 +359,45 @@ fn build(ty: ColumnType, cells: Vec<Cell>) -> ArrayRef {
             }
             Arc::new(bld.finish())
         }
-        ColumnType::ListString => {
-            let mut bld = ListBuilder::new(StringBuilder::new());
-            for cell in cells {
-                match cell {
-                    Cell::List(items) => {
-                        for it in items.iter() {
-                            match it {
-                                MetaValue::Str(s) => bld.values().append_value(s),
-                                _ => bld.values().append_null(),
-                            }
-                        }
-                        bld.append(true);
-                    }
-                    _ => bld.append(false),
+        ColumnType::ListString => list_column(cells, StringBuilder::new(), |b, it| match it {
+            MetaValue::Str(s) => b.append_value(s),
+            _ => b.append_null(),
+        }),
+        ColumnType::ListInt64 => list_column(cells, Int64Builder::new(), |b, it| match it {
+            MetaValue::Int(v) => b.append_value(*v),
+            _ => b.append_null(),
+        }),
+        ColumnType::ListFloat64 => list_column(cells, Float64Builder::new(), |b, it| match it {
+            MetaValue::Float(v) => b.append_value(*v),
+            MetaValue::Int(v) => b.append_value(*v as f64),
+            _ => b.append_null(),
+        }),
+        ColumnType::ListBool => list_column(cells, BooleanBuilder::new(), |b, it| match it {
+            MetaValue::Bool(v) => b.append_value(*v),
+            _ => b.append_null(),
+        }),
+    }
+}
+
+/// A list column: `push` appends one item to the values builder.
+fn list_column<B: ArrayBuilder>(
+    cells: Vec<Cell>,
+    values: B,
+    push: impl Fn(&mut B, &MetaValue),
+) -> ArrayRef {
+    let mut bld = ListBuilder::new(values);
+    for cell in cells {
+        match cell {
+            Cell::List(items) => {
+                for it in items.iter() {
+                    push(bld.values(), it);
                 }
+                bld.append(true);
             }
-            Arc::new(bld.finish())
-        }
-        ColumnType::ListInt64 => {
-            let mut bld = ListBuilder::new(Int64Builder::new());
-            for cell in cells {
-                match cell {
-                    Cell::List(items) => {
-                        for it in items.iter() {
-                            match it {
-                                MetaValue::Int(v) => bld.values().append_value(*v),
-                                _ => bld.values().append_null(),
-                            }
-                        }
-                        bld.append(true);
-                    }
-                    _ => bld.append(false),
-                }
-            }
-            Arc::new(bld.finish())
-        }
-        ColumnType::ListFloat64 => {
-            let mut bld = ListBuilder::new(Float64Builder::new());
-            for cell in cells {
-                match cell {
-                    Cell::List(items) => {
-                        for it in items.iter() {
-                            match it {
-                                MetaValue::Float(v) => bld.values().append_value(*v),
-                                MetaValue::Int(v) => bld.values().append_value(*v as f64),
-                                _ => bld.values().append_null(),
-                            }
-                        }
-                        bld.append(true);
-                    }
-                    _ => bld.append(false),
-                }
-            }
-            Arc::new(bld.finish())
-        }
-        ColumnType::ListBool => {
-            let mut bld = ListBuilder::new(BooleanBuilder::new());
-            for cell in cells {
-                match cell {
-                    Cell::List(items) => {
-                        for it in items.iter() {
-                            match it {
-                                MetaValue::Bool(v) => bld.values().append_value(*v),
-                                _ => bld.values().append_null(),
-                            }
-                        }
-                        bld.append(true);
-                    }
-                    _ => bld.append(false),
-                }
-            }
-            Arc::new(bld.finish())
+            _ => bld.append(false),
         }
     }
+    Arc::new(bld.finish())
 }
 
 /// Type rules for one metadata value (see the module docs).
@@ -654,5 +619,64 @@ mod tests {
             .transform(batch(vec![("y", None, vec![1.0, 2.0, 3.0])]))
             .unwrap_err();
         assert!(e.reason.contains("dimension 3"), "{e}");
+    }
+
+    #[test]
+    fn list_columns_keep_their_items_and_coerce() {
+        let c = collection(&format!(
+            "{BASE}      - {{ name: tags, from: metadata.tags, type: \"list<string>\" }}\n      - {{ name: nums, from: metadata.nums, type: \"list<int64>\" }}\n      - {{ name: ratios, from: metadata.ratios, type: \"list<float64>\", coerce: true }}\n      - {{ name: bits, from: metadata.bits, type: \"list<bool>\" }}\n      - {{ name: one, from: metadata.one, type: \"list<string>\", coerce: true }}\n"
+        ));
+        let t = Transformer::new(&c, 1);
+        let list = |items: Vec<MetaValue>| MetaValue::List(items);
+        let b = batch(vec![
+            (
+                "a",
+                meta(&[
+                    (
+                        "tags",
+                        list(vec![MetaValue::Str("x".into()), MetaValue::Str("y".into())]),
+                    ),
+                    ("nums", list(vec![MetaValue::Int(9007199254740993)])),
+                    (
+                        "ratios",
+                        list(vec![MetaValue::Float(0.5), MetaValue::Int(2)]),
+                    ),
+                    (
+                        "bits",
+                        list(vec![MetaValue::Bool(true), MetaValue::Bool(false)]),
+                    ),
+                    ("one", MetaValue::Str("solo".into())),
+                ]),
+                vec![1.0],
+            ),
+            ("b", None, vec![2.0]),
+        ]);
+        let out = t.transform(b).unwrap().batch;
+        let text = |col: usize, row: usize| {
+            arrow::util::display::array_value_to_string(out.column(col).as_ref(), row).unwrap()
+        };
+        assert_eq!(text(2, 0), "[x, y]");
+        assert_eq!(text(3, 0), "[9007199254740993]");
+        assert_eq!(text(4, 0), "[0.5, 2.0]");
+        assert_eq!(text(5, 0), "[true, false]");
+        assert_eq!(text(6, 0), "[solo]");
+        for col in 2..7 {
+            assert!(
+                out.column(col).is_null(1),
+                "column {col} of a record without metadata"
+            );
+        }
+        // Without coerce, an int inside a float list is the wrong type.
+        let strict = collection(&format!(
+            "{BASE}      - {{ name: ratios, from: metadata.ratios, type: \"list<float64>\" }}\n"
+        ));
+        let e = Transformer::new(&strict, 1)
+            .transform(batch(vec![(
+                "c",
+                meta(&[("ratios", list(vec![MetaValue::Int(2)]))]),
+                vec![1.0],
+            )]))
+            .unwrap_err();
+        assert!(e.reason.contains("list holding int"), "{e}");
     }
 }

@@ -266,6 +266,38 @@ async fn sample_ids(
     Ok(heap.into_iter().map(|(_, id)| id).collect())
 }
 
+/// The rows of a side-by-side pass still waiting for their match.
+#[derive(Default)]
+struct Waiting {
+    source: HashMap<String, Row>,
+    table: HashMap<String, Row>,
+    /// Ids compared already.
+    seen: HashSet<String>,
+    tally: Tally,
+}
+
+impl Waiting {
+    /// A row read on one side: compared with its match if the other side
+    /// left it waiting, else left waiting itself.
+    fn arrive(&mut self, layout: &Layout<'_>, id: String, row: Row, from_source: bool) {
+        let (mine, other) = if from_source {
+            (&mut self.source, &mut self.table)
+        } else {
+            (&mut self.table, &mut self.source)
+        };
+        match other.remove(&id) {
+            Some(o) => {
+                let (exp, got) = if from_source { (&row, &o) } else { (&o, &row) };
+                layout.compare(&id, exp, got, &mut self.tally);
+                self.seen.insert(id);
+            }
+            None => {
+                mine.insert(id, row);
+            }
+        }
+    }
+}
+
 /// Source and table in one pass each, side by side. Rows seen on one side
 /// wait for their match from the other; when both are in the same order
 /// (a table apply wrote from this source) that is about one batch. Returns
@@ -291,14 +323,11 @@ async fn merge_pass(
         .execute()
         .await
         .map_err(read_err)?;
-    let mut tally = Tally::default();
-    let mut from_source: HashMap<String, Row> = HashMap::new();
-    let mut from_table: HashMap<String, Row> = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut w = Waiting::default();
     let (mut source_done, mut table_done) = (false, false);
     while !(source_done && table_done) {
         // Read from the side that is behind.
-        if !source_done && (table_done || from_source.len() <= from_table.len()) {
+        if !source_done && (table_done || w.source.len() <= w.table.len()) {
             let Some(b) = src.try_next().await? else {
                 source_done = true;
                 continue;
@@ -308,18 +337,9 @@ async fn merge_pass(
             };
             for r in 0..t.batch.num_rows() {
                 let id = layout.id(&t.batch, r);
-                if !wanted(&id) {
-                    continue;
-                }
-                let exp = layout.row(&t.batch, r);
-                match from_table.remove(&id) {
-                    Some(got) => {
-                        seen.insert(id.clone());
-                        layout.compare(&id, &exp, &got, &mut tally);
-                    }
-                    None => {
-                        from_source.insert(id, exp);
-                    }
+                if wanted(&id) {
+                    let row = layout.row(&t.batch, r);
+                    w.arrive(layout, id, row, true);
                 }
             }
         } else {
@@ -329,26 +349,18 @@ async fn merge_pass(
             };
             for r in 0..batch.num_rows() {
                 let id = layout.id(&batch, r);
-                if !wanted(&id) || seen.contains(&id) {
-                    continue; // not sampled, or a duplicate
-                }
-                let got = layout.row(&batch, r);
-                match from_source.remove(&id) {
-                    Some(exp) => {
-                        seen.insert(id.clone());
-                        layout.compare(&id, &exp, &got, &mut tally);
-                    }
-                    None => {
-                        from_table.insert(id, got);
-                    }
+                // Not sampled, or a duplicate (the id check's business).
+                if wanted(&id) && !w.seen.contains(&id) {
+                    let row = layout.row(&batch, r);
+                    w.arrive(layout, id, row, false);
                 }
             }
         }
-        if (from_source.len() + from_table.len()) * layout.row_bytes > budget() {
+        if (w.source.len() + w.table.len()) * layout.row_bytes > budget() {
             return Ok(None);
         }
     }
-    Ok(Some(tally))
+    Ok(Some(w.tally))
 }
 
 /// Compares values of every record, or of `sample` records (see
