@@ -295,3 +295,24 @@ fn apply_without_terminal_or_auto_approve_refuses() {
     assert!(text(&o).contains("--auto-approve"), "{}", text(&o));
     assert!(!dir.path().join("lancedb").exists(), "nothing was written");
 }
+
+/// An object-store URI fails at connect, before anything is read or
+/// written, with a hint that names what this build supports.
+#[test]
+fn an_object_store_uri_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = mode_plan(dir.path(), "create");
+    let text_of = std::fs::read_to_string(&plan).unwrap().replace(
+        &format!("uri: {}", dir.path().join("lancedb").display()),
+        "uri: \"s3://bucket/lancedb\"",
+    );
+    std::fs::write(&plan, text_of).unwrap();
+    let o = run(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("s3://bucket/lancedb")
+            && text(&o).contains("hint: this build of lanceferry writes to local directories only"),
+        "{}",
+        text(&o)
+    );
+}

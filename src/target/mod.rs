@@ -77,11 +77,20 @@ impl LanceTarget {
         for (k, v) in &target.storage_options {
             builder = builder.storage_option(k, v);
         }
-        let conn = builder.execute().await.map_err(|source| TargetError::Lance {
-            uri: target.uri.clone(),
-            action: "connecting".into(),
-            hint: "check `target.lancedb.uri` (a directory such as `./lancedb`) and its permissions".into(),
-            source,
+        let conn = builder.execute().await.map_err(|source| {
+            // This build compiles LanceDB without its cloud object stores
+            // (they double the build); say so rather than "invalid input".
+            let hint = if source.to_string().contains("No object store provider") {
+                "this build of lanceferry writes to local directories only (LanceDB's object-store features are not compiled in); use a local path, or a mounted bucket"
+            } else {
+                "check `target.lancedb.uri` (a directory such as `./lancedb`) and its permissions"
+            };
+            TargetError::Lance {
+                uri: target.uri.clone(),
+                action: "connecting".into(),
+                hint: hint.into(),
+                source,
+            }
         })?;
         Ok(LanceTarget {
             conn,
