@@ -316,3 +316,55 @@ fn an_object_store_uri_is_refused_with_a_hint() {
         text(&o)
     );
 }
+
+/// Upsert merges into a table that holds other rows too: validation checks
+/// each source id is there exactly once and leaves the other rows alone;
+/// `verify` still catches a lost or doubled source record.
+#[test]
+fn upsert_into_a_table_with_other_rows_validates_only_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let lance = dir.path().join("lancedb");
+    let python = |script: &str| {
+        let o = Std::new(common::python("1.5.9"))
+            .arg("-c")
+            .arg(format!(
+                "import lancedb\nt = lancedb.connect('{}').open_table('canvas_concepts')\n{script}\n",
+                lance.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let create = mode_plan(dir.path(), "create");
+    let o = run(&["apply", create.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Five rows from elsewhere.
+    python(
+        "r = t.search().limit(1).to_list()[0]\nrows = []\nfor i in range(5):\n    x = {k: v for k, v in r.items() if not k.startswith('_')}\n    x['doc_id'] = f'other-{i}'\n    rows.append(x)\nt.add(rows)",
+    );
+    let upsert = mode_plan(dir.path(), "upsert");
+    let o = run(&["apply", upsert.to_str().unwrap(), "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("405 rows; count and id set match the source"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(count_rows(dir.path(), "canvas_concepts"), 405);
+    let o = run(&["verify", upsert.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A lost source record and a doubled one are still breaches.
+    python(
+        "ids = [r['doc_id'] for r in t.search().limit(2000).to_list() if not r['doc_id'].startswith('other')]\nids.sort()\nt.delete(f\"doc_id = '{ids[0]}'\")\nr = t.search().where(f\"doc_id = '{ids[1]}'\").limit(1).to_list()[0]\nt.add([{k: v for k, v in r.items() if not k.startswith('_')}])",
+    );
+    let o = run(&["verify", upsert.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("1 source records missing")
+            && text(&o).contains("1 duplicate rows of source ids")
+            && !text(&o).contains("not in the source"),
+        "{}",
+        text(&o)
+    );
+}

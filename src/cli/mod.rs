@@ -467,18 +467,18 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             // Tables written in append mode had rows before; the last apply's
             // snapshot says how many.
             let store = crate::state::StateStore::new(&plan.state_dir, &plan.name);
-            let mut appended_to = std::collections::HashMap::new();
+            let mut before = std::collections::HashMap::new();
             if let Some(last) = store.load(&plan.target.uri)?.applies.last() {
                 for c in &plan.collections {
                     if let Some(s) = last.steps.get(&format!("snapshot:{}", c.table)) {
-                        appended_to.insert(
+                        before.insert(
                             c.table.clone(),
                             s.version_before.map(|v| v.rows).unwrap_or(0),
                         );
                     }
                 }
             }
-            let results = runtime()?.block_on(crate::verify::verify_plan(&plan, &appended_to))?;
+            let results = runtime()?.block_on(crate::verify::verify_plan(&plan, &before))?;
             let value = serde_json::to_value(&results)?;
             if let Some(path) = report {
                 crate::state::write_atomic(path, &serde_json::to_vec_pretty(&value)?)?;

@@ -499,21 +499,12 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
         .get(table)
         .cloned()
         .unwrap_or_default();
-    let appended_to = if c.mode == crate::plan::Mode::Append {
-        let snap = ctx.record(&format!("snapshot:{table}")).await;
-        Some(snap.version_before.map(|v| v.rows).unwrap_or(0))
-    } else {
-        None
-    };
-    let r = crate::verify::verify_collection(
-        ctx.source.as_ref(),
-        &ctx.target,
-        c,
-        &skipped,
-        appended_to,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let snap = ctx.record(&format!("snapshot:{table}")).await;
+    let others =
+        crate::verify::Others::for_mode(c.mode, snap.version_before.map(|v| v.rows).unwrap_or(0));
+    let r = crate::verify::verify_collection(ctx.source.as_ref(), &ctx.target, c, &skipped, others)
+        .await
+        .map_err(|e| e.to_string())?;
     let values = &r.values;
     if let Some(s) = &values.cosine {
         ctx.progress.message(&format!(

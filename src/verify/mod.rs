@@ -8,7 +8,7 @@
 
 pub mod values;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use arrow_array::Array;
 use futures::TryStreamExt;
@@ -59,17 +59,38 @@ impl Verification {
     }
 }
 
+/// Rows a table may hold besides the source's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Others {
+    /// None (`create`, `replace`): the table is exactly the source.
+    None,
+    /// `append`: the rows it had before the apply, however many.
+    Before(u64),
+    /// `upsert`: any rows with other ids (the merge keeps them); each
+    /// source id must be there exactly once.
+    Any,
+}
+
+impl Others {
+    /// How a collection's mode scopes its table; `before` is the row count
+    /// the apply's snapshot found.
+    pub fn for_mode(mode: crate::plan::Mode, before: u64) -> Self {
+        match mode {
+            crate::plan::Mode::Append => Others::Before(before),
+            crate::plan::Mode::Upsert => Others::Any,
+            crate::plan::Mode::Create | crate::plan::Mode::Replace => Others::None,
+        }
+    }
+}
+
 /// Compares a table with its source collection by count and id set.
 pub async fn verify_ids(
     source: &dyn Source,
     target: &LanceTarget,
     c: &Collection,
     skipped_ids: &HashSet<String>,
-    appended_to: Option<u64>,
+    others: Others,
 ) -> Result<Verification, VerifyError> {
-    // `appended_to`: for `mode: append`, the rows the table had before the
-    // apply. Those rows are not the source's business, so the count check
-    // adds them and only missing source ids are breaches.
     let id_col = c
         .id_column()
         .expect("a checked plan has an id column")
@@ -90,10 +111,15 @@ pub async fn verify_ids(
 
     let table = target.open(&c.table).await?;
     let mut target_count = 0u64;
-    let mut duplicates = 0u64;
+    // Rows whose id is a source id seen before, and rows of other ids
+    // (first sightings and repeats).
+    let mut dup_source = 0u64;
+    let mut other_rows = 0u64;
+    let mut dup_other = 0u64;
     let mut extra = Vec::new();
     let mut extra_count = 0u64;
-    let mut seen: HashSet<String> = HashSet::new();
+    // Every id seen in the table, and whether it is a source id.
+    let mut seen: HashMap<String, bool> = HashMap::new();
     if let Some(t) = table {
         let mut batches = t
             .query()
@@ -120,33 +146,51 @@ pub async fn verify_ids(
             for i in 0..ids.len() {
                 target_count += 1;
                 let id = ids.value(i);
-                if !seen.insert(id.to_string()) {
-                    duplicates += 1;
-                    continue;
-                }
-                if !expected.remove(id) {
-                    extra_count += 1;
-                    if extra.len() < EXAMPLES {
-                        extra.push(id.to_string());
+                match seen.get(id) {
+                    Some(true) => dup_source += 1,
+                    Some(false) => {
+                        other_rows += 1;
+                        dup_other += 1;
+                    }
+                    None => {
+                        let from_source = expected.remove(id);
+                        seen.insert(id.to_string(), from_source);
+                        if !from_source {
+                            other_rows += 1;
+                            extra_count += 1;
+                            if extra.len() < EXAMPLES {
+                                extra.push(id.to_string());
+                            }
+                        }
                     }
                 }
             }
         }
     }
+    let duplicates = dup_source + dup_other;
     let missing = expected.len() as u64;
     let mut missing_examples: Vec<String> = expected.into_iter().collect();
     missing_examples.sort();
     missing_examples.truncate(EXAMPLES);
 
     let mut breaches = Vec::new();
-    let base = appended_to.unwrap_or(0);
-    let want = source_count - expected_skipped + base;
+    let want = source_count - expected_skipped;
+    // The rows the count rule is about, and what they are compared with.
+    let (rows, want, what) = match others {
+        Others::None => (target_count, want, "rows"),
+        Others::Before(n) => (
+            target_count,
+            want + n,
+            "rows (with those from before the apply)",
+        ),
+        Others::Any => (target_count - other_rows, want, "rows with source ids"),
+    };
     match c.validate.count {
-        CountRule::Exact if target_count != want => breaches.push(format!(
-            "count: table has {target_count} rows, source has {want} records to copy"
+        CountRule::Exact if rows != want => breaches.push(format!(
+            "count: table has {rows} {what}, source has {want} records to copy"
         )),
-        CountRule::Tolerance(t) if target_count.abs_diff(want) > t => breaches.push(format!(
-            "count: table has {target_count} rows, source has {want} (tolerance {t})"
+        CountRule::Tolerance(t) if rows.abs_diff(want) > t => breaches.push(format!(
+            "count: table has {rows} {what}, source has {want} (tolerance {t})"
         )),
         _ => {}
     }
@@ -157,14 +201,20 @@ pub async fn verify_ids(
                 quote(&missing_examples)
             ));
         }
-        if extra_count > 0 && appended_to.is_none() {
+        if extra_count > 0 && others == Others::None {
             breaches.push(format!(
                 "ids: {extra_count} rows not in the source, e.g. {}",
                 quote(&extra)
             ));
         }
-        if duplicates > 0 && appended_to.is_none() {
-            breaches.push(format!("ids: {duplicates} duplicate rows"));
+        match others {
+            Others::None if duplicates > 0 => {
+                breaches.push(format!("ids: {duplicates} duplicate rows"))
+            }
+            Others::Any if dup_source > 0 => {
+                breaches.push(format!("ids: {dup_source} duplicate rows of source ids"))
+            }
+            _ => {}
         }
     }
     Ok(Verification {
@@ -205,15 +255,15 @@ impl CollectionVerification {
 /// One collection against its table: the id check, then the values
 /// (`validate.sample` records, or all). Apply's validate step and
 /// `lanceferry verify` both come here. `skipped`: records the plan leaves
-/// out; `appended_to`: for `mode: append`, the rows the table had before.
+/// out; `others`: what else the table may hold, by the collection's mode.
 pub async fn verify_collection(
     source: &dyn Source,
     target: &LanceTarget,
     c: &Collection,
     skipped: &HashSet<String>,
-    appended_to: Option<u64>,
+    others: Others,
 ) -> Result<CollectionVerification, VerifyError> {
-    let ids = verify_ids(source, target, c, skipped, appended_to).await?;
+    let ids = verify_ids(source, target, c, skipped, others).await?;
     let dim = match c.vector_column().dim {
         Some(d) => d as usize,
         None => source.collection(&c.source).await?.dimension.unwrap_or(0) as usize,
@@ -228,10 +278,10 @@ pub async fn verify_collection(
 }
 
 /// `lanceferry verify`: every collection of a plan against its table.
-/// `appended_to` gives, per table, the rows it had before an append.
+/// `before` gives, per table, the rows it had before the last apply.
 pub async fn verify_plan(
     plan: &crate::plan::Plan,
-    appended_to: &std::collections::HashMap<String, u64>,
+    before: &HashMap<String, u64>,
 ) -> Result<Vec<CollectionVerification>, VerifyError> {
     let source = crate::source::open(&plan.source)?;
     let target = LanceTarget::connect(&plan.target).await?;
@@ -255,12 +305,8 @@ pub async fn verify_plan(
                 }
             }
         }
-        let base = if c.mode == crate::plan::Mode::Append {
-            appended_to.get(&c.table).copied()
-        } else {
-            None
-        };
-        out.push(verify_collection(source.as_ref(), &target, c, &skipped, base).await?);
+        let others = Others::for_mode(c.mode, before.get(&c.table).copied().unwrap_or(0));
+        out.push(verify_collection(source.as_ref(), &target, c, &skipped, others).await?);
     }
     Ok(out)
 }
