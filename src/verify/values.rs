@@ -158,6 +158,23 @@ impl<'a> Layout<'a> {
         }
     }
 
+    /// The table's rows in the plan's columns, those matching `filter` if
+    /// given.
+    async fn scan(
+        &self,
+        table: &lancedb::Table,
+        filter: Option<String>,
+    ) -> Result<lancedb::arrow::SendableRecordBatchStream, VerifyError> {
+        let mut q = table.query().select(Select::columns(&self.names));
+        if let Some(f) = filter {
+            q = q.only_if(f);
+        }
+        q.execute().await.map_err(|source| VerifyError::Read {
+            table: self.c.table.clone(),
+            source,
+        })
+    }
+
     fn id(&self, batch: &RecordBatch, r: usize) -> String {
         cell(batch.column(self.id_idx).as_ref(), r)
     }
@@ -317,12 +334,7 @@ async fn merge_pass(
         source,
     };
     let mut src = source.read(&c.source, c.batch_size as usize);
-    let mut rows = table
-        .query()
-        .select(Select::columns(&layout.names))
-        .execute()
-        .await
-        .map_err(read_err)?;
+    let mut rows = layout.scan(table, None).await?;
     let mut w = Waiting::default();
     let (mut source_done, mut table_done) = (false, false);
     while !(source_done && table_done) {
@@ -419,13 +431,8 @@ pub async fn verify_values(
                     .iter()
                     .map(|id| format!("'{}'", id.replace('\'', "''")))
                     .collect();
-                let mut rows = table
-                    .query()
-                    .only_if(format!("`{id_col}` IN ({})", list.join(",")))
-                    .select(Select::columns(&layout.names))
-                    .execute()
-                    .await
-                    .map_err(read_err)?;
+                let filter = format!("`{id_col}` IN ({})", list.join(","));
+                let mut rows = layout.scan(&table, Some(filter)).await?;
                 let mut seen = HashSet::new();
                 while let Some(batch) = rows.try_next().await.map_err(read_err)? {
                     layout.compare_batch(&batch, &expected, &mut seen, &mut tally);
@@ -457,12 +464,7 @@ pub async fn verify_values(
                                 layout.collect(&t.batch, &in_bucket, &mut expected);
                             }
                         }
-                        let mut rows = table
-                            .query()
-                            .select(Select::columns(&layout.names))
-                            .execute()
-                            .await
-                            .map_err(read_err)?;
+                        let mut rows = layout.scan(&table, None).await?;
                         let mut seen: HashSet<String> = HashSet::new();
                         while let Some(batch) = rows.try_next().await.map_err(read_err)? {
                             layout.compare_batch(&batch, &expected, &mut seen, &mut tally);
