@@ -108,6 +108,24 @@ async fn a_malformed_line_names_file_and_line() {
     );
     let err = src.collection("d").await.unwrap_err().to_string();
     assert!(err.contains("`c`"), "{err}");
+    // A field of the wrong type names the field, the record and the line.
+    for (field, line) in [("content", "\"content\":5"), ("uri", "\"uri\":[1]")] {
+        std::fs::write(
+            dir.path().join("c.jsonl"),
+            format!("{{\"doc_id\":\"a\",\"embedding\":[1,2]}}\n{{\"doc_id\":\"b\",{line},\"embedding\":[1,2]}}\n"),
+        )
+        .unwrap();
+        let err = src
+            .read("c", 10)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.jsonl:2") && err.contains(&format!("`{field}` of `b` is not a string")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

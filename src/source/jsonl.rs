@@ -109,18 +109,18 @@ impl JsonlDir {
             .and_then(|x| x.as_str())
             .ok_or_else(|| bad(file, n, collection, "`doc_id` is missing or not a string"))?
             .to_string();
-        let document = match obj.get("content") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(bad(
-                    file,
-                    n,
-                    collection,
-                    format!("`content` of `{id}` is not a string"),
-                ));
-            }
+        // An optional string field: absent or null is none.
+        let text = |key: &str| match obj.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(
+                file,
+                n,
+                collection,
+                format!("`{key}` of `{id}` is not a string"),
+            )),
         };
+        let document = text("content")?;
         let metadata: Option<Metadata> = match obj.get("metadata") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::Object(m)) => {
@@ -174,18 +174,7 @@ impl JsonlDir {
                 )
             })?;
         // Not in the original format; lanceferry's export adds it when set.
-        let uri = match obj.get("uri") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(bad(
-                    file,
-                    n,
-                    collection,
-                    format!("`uri` of `{id}` is not a string"),
-                ));
-            }
-        };
+        let uri = text("uri")?;
         Ok(Record {
             id,
             document,
