@@ -59,6 +59,17 @@ impl Verification {
     }
 }
 
+/// What the id check knows of an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// A source id the table has not shown yet.
+    Expected,
+    /// A source id found in the table.
+    InTable,
+    /// An id the table holds and the source does not.
+    Other,
+}
+
 /// Rows a table may hold besides the source's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Others {
@@ -96,18 +107,20 @@ pub async fn verify_ids(
         .expect("a checked plan has an id column")
         .name
         .clone();
-    let mut expected: HashSet<String> = HashSet::new();
+    // One map for both sides (half the memory of a set per side): every
+    // source id to copy, then every id the table holds.
+    let mut known: HashMap<String, Seen> = HashMap::new();
     let mut source_count = 0u64;
     let mut stream = source.read_ids(&c.source, c.batch_size as usize);
-    while let Some(ids) = stream.try_next().await? {
-        source_count += ids.len() as u64;
-        for id in ids {
+    while let Some(batch) = stream.try_next().await? {
+        source_count += batch.len() as u64;
+        for id in batch {
             if !skipped_ids.contains(&id) {
-                expected.insert(id);
+                known.insert(id, Seen::Expected);
             }
         }
     }
-    let expected_skipped = source_count - expected.len() as u64;
+    let expected_skipped = source_count - known.len() as u64;
 
     let table = target.open(&c.table).await?;
     let mut target_count = 0u64;
@@ -118,8 +131,6 @@ pub async fn verify_ids(
     let mut dup_other = 0u64;
     let mut extra = Vec::new();
     let mut extra_count = 0u64;
-    // Every id seen in the table, and whether it is a source id.
-    let mut seen: HashMap<String, bool> = HashMap::new();
     if let Some(t) = table {
         let mut batches = t
             .query()
@@ -146,21 +157,19 @@ pub async fn verify_ids(
             for i in 0..ids.len() {
                 target_count += 1;
                 let id = ids.value(i);
-                match seen.get(id) {
-                    Some(true) => dup_source += 1,
-                    Some(false) => {
+                match known.get_mut(id) {
+                    Some(seen @ &mut Seen::Expected) => *seen = Seen::InTable,
+                    Some(Seen::InTable) => dup_source += 1,
+                    Some(Seen::Other) => {
                         other_rows += 1;
                         dup_other += 1;
                     }
                     None => {
-                        let from_source = expected.remove(id);
-                        seen.insert(id.to_string(), from_source);
-                        if !from_source {
-                            other_rows += 1;
-                            extra_count += 1;
-                            if extra.len() < EXAMPLES {
-                                extra.push(id.to_string());
-                            }
+                        known.insert(id.to_string(), Seen::Other);
+                        other_rows += 1;
+                        extra_count += 1;
+                        if extra.len() < EXAMPLES {
+                            extra.push(id.to_string());
                         }
                     }
                 }
@@ -168,8 +177,12 @@ pub async fn verify_ids(
         }
     }
     let duplicates = dup_source + dup_other;
-    let missing = expected.len() as u64;
-    let mut missing_examples: Vec<String> = expected.into_iter().collect();
+    let mut missing_examples: Vec<String> = known
+        .into_iter()
+        .filter(|(_, seen)| *seen == Seen::Expected)
+        .map(|(id, _)| id)
+        .collect();
+    let missing = missing_examples.len() as u64;
     missing_examples.sort();
     missing_examples.truncate(EXAMPLES);
 
