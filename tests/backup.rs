@@ -18,6 +18,16 @@ fn lanceferry() -> Command {
     cmd
 }
 
+/// `lanceferry backup restore ARCHIVE --to TO [--force]`.
+fn restore(archive: &Path, to: &Path, force: bool) -> std::process::Output {
+    let mut cmd = lanceferry();
+    cmd.args(["backup", "restore"]);
+    if force {
+        cmd.arg("--force");
+    }
+    cmd.arg(archive).arg("--to").arg(to).output().unwrap()
+}
+
 fn archive_of_fixture(dir: &Path) -> PathBuf {
     let fx = common::fixture("1.5.9");
     backup::create(&fx.join("chroma"), dir, 5).unwrap().archive
@@ -48,13 +58,7 @@ fn backup_verify_restore_and_chromadb_reads_the_restored_directory() {
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: "));
 
     let to = tmp.path().join("restored");
-    let o = lanceferry()
-        .args(["backup", "restore"])
-        .arg(&archive)
-        .arg("--to")
-        .arg(&to)
-        .output()
-        .unwrap();
+    let o = restore(&archive, &to, false);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // The real chromadb opens it and returns the same records.
@@ -93,13 +97,7 @@ fn restore_refuses_a_non_empty_target_and_force_moves_it_aside() {
     std::fs::create_dir(&to).unwrap();
     std::fs::write(to.join("precious.txt"), b"keep me").unwrap();
 
-    let o = lanceferry()
-        .args(["backup", "restore"])
-        .arg(&archive)
-        .arg("--to")
-        .arg(&to)
-        .output()
-        .unwrap();
+    let o = restore(&archive, &to, false);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -108,13 +106,7 @@ fn restore_refuses_a_non_empty_target_and_force_moves_it_aside() {
     );
     assert_eq!(std::fs::read(to.join("precious.txt")).unwrap(), b"keep me");
 
-    let o = lanceferry()
-        .args(["backup", "restore", "--force"])
-        .arg(&archive)
-        .arg("--to")
-        .arg(&to)
-        .output()
-        .unwrap();
+    let o = restore(&archive, &to, true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(to.join("chroma.sqlite3").is_file());
     let aside: Vec<PathBuf> = std::fs::read_dir(tmp.path())
@@ -269,13 +261,7 @@ fn crafted_archives_are_rejected_and_nothing_is_written() {
         let archive = t.join(format!("{name}.tar.gz"));
         crafted(&archive, &entries, &manifest);
         let to = t.join(format!("restore-{name}"));
-        let o = lanceferry()
-            .args(["backup", "restore"])
-            .arg(&archive)
-            .arg("--to")
-            .arg(&to)
-            .output()
-            .unwrap();
+        let o = restore(&archive, &to, false);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{name}: {err}");
         assert!(

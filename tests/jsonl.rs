@@ -87,6 +87,15 @@ async fn reads_plain_and_gzip_exports_exactly() {
     assert_eq!(some.ids, ["doc-0005"]);
 }
 
+/// The error reading `collection` ends with.
+async fn read_error(src: &JsonlDir, collection: &str) -> String {
+    src.read(collection, 10)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test]
 async fn a_malformed_line_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,12 +105,7 @@ async fn a_malformed_line_names_file_and_line() {
     )
     .unwrap();
     let src = JsonlDir::open(dir.path(), DistanceSpace::L2).unwrap();
-    let err = src
-        .read("c", 10)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = read_error(&src, "c").await;
     assert!(
         err.contains("c.jsonl:2") && err.contains("dimension 3") && err.contains("hint:"),
         "{err}"
@@ -115,12 +119,7 @@ async fn a_malformed_line_names_file_and_line() {
             format!("{{\"doc_id\":\"a\",\"embedding\":[1,2]}}\n{{\"doc_id\":\"b\",{line},\"embedding\":[1,2]}}\n"),
         )
         .unwrap();
-        let err = src
-            .read("c", 10)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = read_error(&src, "c").await;
         assert!(
             err.contains("c.jsonl:2") && err.contains(&format!("`{field}` of `b` is not a string")),
             "{err}"

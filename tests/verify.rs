@@ -32,6 +32,14 @@ fn with_table(uri: &Path, table: &str, python: &str) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `lanceferry apply plans/demo.yaml` into `out`.
+fn apply_demo(out: &Path) -> std::process::Output {
+    lanceferry(out)
+        .args(["apply", "plans/demo.yaml", "--auto-approve"])
+        .output()
+        .unwrap()
+}
+
 /// Changes the demo's `canvas_explanations` table.
 fn corrupt(out: &Path, python: &str) {
     with_table(&out.join("lancedb"), "canvas_explanations", python);
@@ -74,10 +82,7 @@ fn every_corruption_is_caught_and_named() {
     ];
     for (python, breach, named) in cases {
         let out = tempfile::tempdir().unwrap();
-        let o = lanceferry(out.path())
-            .args(["apply", "plans/demo.yaml", "--auto-approve"])
-            .output()
-            .unwrap();
+        let o = apply_demo(out.path());
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let clean = lanceferry(out.path())
             .args(["verify", "plans/demo.yaml"])
@@ -115,14 +120,7 @@ fn every_corruption_is_caught_and_named() {
 #[test]
 fn verify_json_and_report_file() {
     let out = tempfile::tempdir().unwrap();
-    assert!(
-        lanceferry(out.path())
-            .args(["apply", "plans/demo.yaml", "--auto-approve"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    assert!(apply_demo(out.path()).status.success());
     let report = out.path().join("verify.json");
     let o = lanceferry(out.path())
         .args(["verify", "plans/demo.yaml", "--json", "--report"])
@@ -241,10 +239,7 @@ fn a_sample_compares_exactly_that_many_records_by_id() {
 #[test]
 fn a_small_memory_budget_compares_in_buckets() {
     let out = tempfile::tempdir().unwrap();
-    let o = lanceferry(out.path())
-        .args(["apply", "plans/demo.yaml", "--auto-approve"])
-        .output()
-        .unwrap();
+    let o = apply_demo(out.path());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let verify = || {
         lanceferry(out.path())

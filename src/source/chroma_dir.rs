@@ -1380,6 +1380,11 @@ impl CollectionCtx {
             // nearby slots, though not always in row order).
             if let Some(h) = &self.hnsw {
                 let labels = h.labels()?;
+                // Check one guess first: where labels are scattered (1.x)
+                // the map is built now, before a page of wrong slots is read.
+                if let Some(l) = page.iter().find_map(|(_, id)| labels.get(id)) {
+                    h.find_slot(*l as u64)?;
+                }
                 let mut slots: Vec<u64> = page
                     .iter()
                     .filter(|(_, id)| !self.vector_overlay.contains_key(id))

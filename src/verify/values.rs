@@ -132,8 +132,9 @@ struct Layout<'a> {
     /// Per column: `Some(true)` content, `Some(false)` metadata, compared;
     /// `None` not compared as a value.
     compared: Vec<Option<bool>>,
-    /// What one held row costs, roughly (for the memory budget).
+    /// What one held row costs, roughly, and how much may be held.
     row_bytes: usize,
+    budget: usize,
 }
 
 impl<'a> Layout<'a> {
@@ -155,6 +156,7 @@ impl<'a> Layout<'a> {
                 })
                 .collect(),
             row_bytes: dim * 4 + 64 * c.columns.len() + 64,
+            budget: budget(),
         }
     }
 
@@ -368,7 +370,7 @@ async fn merge_pass(
                 }
             }
         }
-        if (w.source.len() + w.table.len()) * layout.row_bytes > budget() {
+        if (w.source.len() + w.table.len()) * layout.row_bytes > layout.budget {
             return Ok(None);
         }
     }
@@ -452,8 +454,8 @@ pub async fn verify_values(
                         c.table
                     );
                     let selected = sample.as_ref().map_or(expected_count, |s| s.len() as u64);
-                    let buckets =
-                        ((selected as usize * layout.row_bytes).div_ceil(budget())).max(1) as u64;
+                    let buckets = ((selected as usize * layout.row_bytes).div_ceil(layout.budget))
+                        .max(1) as u64;
                     for bucket in 0..buckets {
                         let in_bucket =
                             |id: &str| wanted(id) && hash64(v.seed, 1, id) % buckets == bucket;
