@@ -4,10 +4,10 @@
 Usage: python chroma_fixtures.py OUT_DIR
 
 Run with the python of a venv that has the chromadb version under test
-(0.4.24, 0.6.3 or 1.5.9). Writes OUT_DIR/chroma/ (the persistent directory)
-and OUT_DIR/truth.json: for every collection, what `collection.get(include=
-[...])` returns after all writes, plus its count, dimension and space. Tests
-compare lanceferry's readers with that truth.
+(0.4.24, 0.5.23, 0.6.3 or 1.5.9). Writes OUT_DIR/chroma/ (the persistent
+directory) and OUT_DIR/truth.json: for every collection, what
+`collection.get(include=[...])` returns after all writes, plus its count,
+dimension and space. Tests compare lanceferry's readers with that truth.
 
 The collections cover what a reader can get wrong: unicode, records without
 document or metadata, integers above 2**53, deletes, updates, upserts,
@@ -15,6 +15,13 @@ metadata-only updates, list metadata (1.5+), the three distance spaces,
 writes that are only in the queue, flushed deletes with a resized index, and
 an empty collection. Everything is seeded, so a version writes the same data
 every time.
+
+Besides the default tenant's default database, the directory holds database
+`team_db` of tenant `team_tenant` (made with `chromadb.AdminClient`, which
+0.4.24 to 1.5.9 all have) with one collection named `basic` like a default
+one but holding other records, so a reader that mixes databases fails. Its
+truth is under `other_database` (`tenant`, `database`, `collections`), apart
+from the default database's `collections`.
 """
 import json
 import os
@@ -26,6 +33,8 @@ import chromadb  # noqa: E402
 
 VERSION = tuple(int(x) for x in chromadb.__version__.split(".")[:2])
 BIG = 2**53 + 12345  # not representable as a float64
+OTHER_TENANT = "team_tenant"
+OTHER_DATABASE = "team_db"
 
 
 def vec(rng, dim):
@@ -37,6 +46,30 @@ def make(client, name, space, **extra_meta):
     meta.update(extra_meta)
     # No embedding function: a fixture must never compute (or download) one.
     return client.create_collection(name=name, metadata=meta, embedding_function=None)
+
+
+def collections_truth(client):
+    """What `get()` returns for every collection of the client's database."""
+    out = {}
+    for col in client.list_collections():
+        col = client.get_collection(col if isinstance(col, str) else col.name, embedding_function=None)
+        got = col.get(include=["embeddings", "documents", "metadatas", "uris"])
+        embs = got.get("embeddings")
+        embs = [] if embs is None else [[float(x) for x in e] for e in embs]
+        meta = dict(col.metadata or {})
+        out[col.name] = {
+            "id": str(col.id),
+            "count": col.count(),
+            "space": meta.get("hnsw:space", "l2"),
+            "dimension": len(embs[0]) if embs else None,
+            "metadata": meta,
+            "ids": got["ids"],
+            "documents": got.get("documents"),
+            "uris": got.get("uris"),
+            "metadatas": got.get("metadatas"),
+            "embeddings": embs,
+        }
+    return out
 
 
 def main(out):
@@ -137,25 +170,29 @@ def main(out):
 
     make(client, "empty", "l2")
 
-    truth = {"chromadb": chromadb.__version__, "collections": {}}
-    for col in client.list_collections():
-        col = client.get_collection(col if isinstance(col, str) else col.name, embedding_function=None)
-        got = col.get(include=["embeddings", "documents", "metadatas", "uris"])
-        embs = got.get("embeddings")
-        embs = [] if embs is None else [[float(x) for x in e] for e in embs]
-        meta = dict(col.metadata or {})
-        truth["collections"][col.name] = {
-            "id": str(col.id),
-            "count": col.count(),
-            "space": meta.get("hnsw:space", "l2"),
-            "dimension": len(embs[0]) if embs else None,
-            "metadata": meta,
-            "ids": got["ids"],
-            "documents": got.get("documents"),
-            "uris": got.get("uris"),
-            "metadatas": got.get("metadatas"),
-            "embeddings": embs,
-        }
+    # Another tenant's database in the same directory. The admin client
+    # shares the first client's settings (chromadb refuses a second client
+    # of one directory with different ones).
+    admin = chromadb.AdminClient(client.get_settings())
+    admin.create_tenant(OTHER_TENANT)
+    admin.create_database(OTHER_DATABASE, tenant=OTHER_TENANT)
+    other = chromadb.PersistentClient(path=path, tenant=OTHER_TENANT, database=OTHER_DATABASE)
+    c = make(other, "basic", "cosine", team="other")
+    c.add(ids=[f"team-{i}" for i in range(50)], embeddings=[vec(rng, 4) for _ in range(50)],
+          documents=[f"team doc {i}" for i in range(50)],
+          metadatas=[{"n": i, "even": i % 2 == 0} for i in range(50)])
+    c.delete(ids=["team-7"])
+    c.update(ids=["team-8"], metadatas=[{"n": 800}])
+
+    truth = {
+        "chromadb": chromadb.__version__,
+        "collections": collections_truth(client),
+        "other_database": {
+            "tenant": OTHER_TENANT,
+            "database": OTHER_DATABASE,
+            "collections": collections_truth(other),
+        },
+    }
     with open(os.path.join(out, "truth.json"), "w") as f:
         json.dump(truth, f, ensure_ascii=False, sort_keys=True)
     print(f"wrote {path} with chromadb {chromadb.__version__}", file=sys.stderr)

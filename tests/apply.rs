@@ -4,6 +4,9 @@
 
 mod common;
 
+use common::run;
+use common::text;
+
 use std::path::Path;
 use std::process::Command as Std;
 
@@ -24,14 +27,6 @@ fn apply(out: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs the Python checker on one table; returns its JSON line.
@@ -144,15 +139,6 @@ fn mode_plan(dir: &Path, mode: &str) -> std::path::PathBuf {
     plan
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::cargo_bin("lanceferry")
-        .unwrap()
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn rollback_restores_each_mode_and_refuses_after_later_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,9 +149,19 @@ fn rollback_restores_each_mode_and_refuses_after_later_writes() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(count_rows(&lance, "canvas_concepts"), 400);
 
-    // append doubles it; rollback restores 400.
+    // append onto the same ids is refused before writing; allowed, it
+    // doubles the table; rollback restores 400.
     let append = mode_plan(dir.path(), "append");
     let o = run(&["apply", append.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("already holds 400"), "{}", text(&o));
+    assert_eq!(count_rows(&lance, "canvas_concepts"), 400);
+    let o = run(&[
+        "apply",
+        append.to_str().unwrap(),
+        "--auto-approve",
+        "--allow-duplicates",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(count_rows(&lance, "canvas_concepts"), 800);
     let o = run(&["rollback", append.to_str().unwrap(), "--auto-approve"]);
@@ -186,7 +182,12 @@ fn rollback_restores_each_mode_and_refuses_after_later_writes() {
     let replace = mode_plan(dir.path(), "replace");
     let o = run(&["apply", replace.to_str().unwrap(), "--auto-approve"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&["apply", append.to_str().unwrap(), "--auto-approve"]);
+    let o = run(&[
+        "apply",
+        append.to_str().unwrap(),
+        "--auto-approve",
+        "--allow-duplicates",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let o = run(&["rollback", replace.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -239,51 +240,6 @@ fn create_mode_refuses_an_existing_table() {
         text(&o)
     );
     assert!(text(&o).contains("hint:"), "{}", text(&o));
-}
-
-#[test]
-fn a_second_apply_waits_then_names_the_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = mode_plan(dir.path(), "create");
-    // A live process on this host holds the lock.
-    let mut holder = Std::new("sleep").arg("30").spawn().unwrap();
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    std::fs::write(
-        dir.path().join("state/modes-create.lock"),
-        serde_json::json!({
-            "apply_id": "20260101T000000Z-beef",
-            "pid": holder.id(),
-            "host": lanceferry::state::hostname(),
-            "started": "2026-01-01T00:00:00Z"
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let started = std::time::Instant::now();
-    let o = run(&[
-        "apply",
-        plan.to_str().unwrap(),
-        "--auto-approve",
-        "--lock-timeout",
-        "2",
-    ]);
-    assert!(
-        started.elapsed().as_secs_f64() >= 2.0,
-        "it waited for the lock"
-    );
-    holder.kill().unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let t = text(&o);
-    assert!(
-        t.contains("locked by apply `20260101T000000Z-beef`")
-            && t.contains(&format!("pid {}", holder.id())),
-        "{t}"
-    );
-    // Once the holder is dead, the next apply takes the lock over and runs.
-    let _ = holder.wait();
-    let o = run(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("taking over the lock"), "{}", text(&o));
 }
 
 #[test]

@@ -11,12 +11,6 @@ use assert_cmd::Command;
 use lanceferry::plan::DistanceSpace;
 use lanceferry::source::jsonl::JsonlDir;
 
-fn lanceferry() -> Command {
-    let mut cmd = Command::cargo_bin("lanceferry").unwrap();
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
 fn run_ok(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap();
     assert!(
@@ -36,7 +30,7 @@ fn every_collection_exports_and_reads_back_exactly() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("export");
     let o = run_ok(
-        lanceferry()
+        common::lanceferry()
             .args(["export", "--json", "--path"])
             .arg(fx.join("chroma"))
             .arg("--out")
@@ -70,14 +64,14 @@ fn export_import_verify_round_trip_is_exact() {
     let t = tmp.path();
     // Plain and compressed files both read back.
     run_ok(
-        lanceferry()
+        common::lanceferry()
             .args(["export", "--collection", "basic", "--path"])
             .arg(fx.join("chroma"))
             .arg("--out")
             .arg(t.join("jsonl/basic.jsonl")),
     );
     run_ok(
-        lanceferry()
+        common::lanceferry()
             .args(["export", "--collection", "mutated", "--path"])
             .arg(fx.join("chroma"))
             .arg("--out")
@@ -100,7 +94,11 @@ fn export_import_verify_round_trip_is_exact() {
             out = t.display()
         ),
     );
-    run_ok(lanceferry().args(["apply", "--auto-approve"]).arg(&import));
+    run_ok(
+        common::lanceferry()
+            .args(["apply", "--auto-approve"])
+            .arg(&import),
+    );
     // The same tables checked against the original Chroma directory.
     let original = t.join("original.yaml");
     write_plan(
@@ -111,7 +109,11 @@ fn export_import_verify_round_trip_is_exact() {
             out = t.display()
         ),
     );
-    let o = run_ok(lanceferry().args(["verify", "--json"]).arg(&original));
+    let o = run_ok(
+        common::lanceferry()
+            .args(["verify", "--json"])
+            .arg(&original),
+    );
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let text = report.to_string();
     assert!(
@@ -124,7 +126,7 @@ fn export_import_verify_round_trip_is_exact() {
 fn export_errors_name_the_problem() {
     let fx = common::fixture("1.5.9");
     let tmp = tempfile::tempdir().unwrap();
-    let o = lanceferry()
+    let o = common::lanceferry()
         .args(["export", "--path"])
         .arg(fx.join("chroma"))
         .arg("--out")
@@ -138,7 +140,7 @@ fn export_errors_name_the_problem() {
         "{err}"
     );
 
-    let o = lanceferry()
+    let o = common::lanceferry()
         .args(["export", "--collection", "nope", "--path"])
         .arg(fx.join("chroma"))
         .arg("--out")

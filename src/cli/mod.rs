@@ -87,6 +87,9 @@ enum Command {
         /// Seconds to wait for another apply of the same plan to release its lock.
         #[arg(long, default_value_t = 0, value_name = "SECS")]
         lock_timeout: u64,
+        /// Let `mode: append` add records whose ids the table already holds.
+        #[arg(long)]
+        allow_duplicates: bool,
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -147,7 +150,7 @@ enum Command {
     /// List, verify and restore the backups taken before applies.
     #[command(subcommand)]
     Backup(BackupCommand),
-    /// Break the lock left by apply ID (when its process is gone for good).
+    /// Clear the lock record left by apply ID after its process ended (a running holder cannot be unlocked).
     Unlock {
         /// The plan file.
         plan: PathBuf,
@@ -205,11 +208,11 @@ struct SourceArgs {
     /// A running Chroma server, e.g. http://127.0.0.1:8000.
     #[arg(long, value_name = "URL", conflicts_with = "plan")]
     url: Option<String>,
-    /// Chroma tenant for --url.
-    #[arg(long, requires = "url", default_value = plan::model::DEFAULT_TENANT)]
+    /// Chroma tenant for --url or --path.
+    #[arg(long, conflicts_with = "plan", default_value = plan::model::DEFAULT_TENANT)]
     tenant: String,
-    /// Chroma database for --url.
-    #[arg(long, requires = "url", default_value = plan::model::DEFAULT_DATABASE)]
+    /// Chroma database for --url or --path.
+    #[arg(long, conflicts_with = "plan", default_value = plan::model::DEFAULT_DATABASE)]
     database: String,
     /// The environment variable holding the token for --url (sent only if set).
     #[arg(
@@ -235,7 +238,11 @@ fn parse_token_header(s: &str) -> Result<plan::TokenHeader, String> {
 impl SourceArgs {
     fn source(&self, global: &GlobalArgs, out: &Output, command: &str) -> Result<plan::Source> {
         Ok(match (&self.plan, &self.path, &self.url) {
-            (_, Some(p), _) => plan::Source::ChromaDir { path: p.clone() },
+            (_, Some(p), _) => plan::Source::ChromaDir {
+                path: p.clone(),
+                tenant: self.tenant.clone(),
+                database: self.database.clone(),
+            },
             (_, _, Some(url)) => plan::Source::ChromaHttp {
                 url: url.trim_end_matches('/').to_string(),
                 tenant: self.tenant.clone(),
@@ -390,6 +397,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             auto_approve,
             fail_fast,
             lock_timeout,
+            allow_duplicates,
             json,
         } => {
             let plan = load(plan, &cli.global, out)?;
@@ -409,6 +417,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                 crate::engine::ApplyOptions {
                     fail_fast: *fail_fast,
                     lock_timeout: std::time::Duration::from_secs(*lock_timeout),
+                    allow_duplicates: *allow_duplicates,
                     progress,
                 },
             ))?;
@@ -466,15 +475,15 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             let plan = load(plan, &cli.global, out)?;
             // Tables written in append mode had rows before; the last apply's
             // snapshot says how many.
-            let store = crate::state::StateStore::new(&plan.state_dir, &plan.name);
+            let store = crate::state::StateStore::for_plan(&plan);
             let mut before = std::collections::HashMap::new();
-            if let Some(last) = store.load(&plan.target.uri)?.applies.last() {
+            if let Some(last) = store.load()?.applies.last() {
                 for c in &plan.collections {
-                    if let Some(s) = last.steps.get(&format!("snapshot:{}", c.table)) {
-                        before.insert(
-                            c.table.clone(),
-                            s.version_before.map(|v| v.rows).unwrap_or(0),
-                        );
+                    if let Some(v) = last
+                        .step(&crate::state::StepKey::snapshot(&c.table))
+                        .and_then(|s| s.version_before)
+                    {
+                        before.insert(c.table.clone(), v);
                     }
                 }
             }
@@ -570,11 +579,11 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         },
         Command::Unlock { plan, id } => {
             let plan = load(plan, &cli.global, out)?;
-            let store = crate::state::StateStore::new(&plan.state_dir, &plan.name);
+            let store = crate::state::StateStore::for_plan(&plan);
             let h = store.unlock(id)?;
             writeln!(
                 stdout,
-                "released the lock of apply `{}` (pid {} on `{}`)",
+                "cleared the lock record of apply `{}` (pid {} on `{}`, no longer running)",
                 h.apply_id, h.pid, h.host
             )?;
         }

@@ -9,9 +9,11 @@ use arrow_array::RecordBatch;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::Ctx;
+use super::decide;
+use super::{Ctx, StepError};
 use crate::plan::{Collection, Mode};
 use crate::source::{SourceBatch, SourceError};
+use crate::state::StepKey;
 use crate::target::{Commit, TableVersion};
 use crate::transform::{Transformed, Transformer};
 
@@ -27,77 +29,49 @@ pub trait CopyProgress: Send + Sync + std::fmt::Debug {
 /// synchronous reader, so its input is buffered).
 const UPSERT_BUFFER_BYTES: usize = 128 << 20;
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
-    let step = format!("copy:{}", c.table);
+pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError> {
+    let step = StepKey::copy(&c.table);
     let table = c.table.as_str();
-    let info = ctx.source.collection(&c.source).await.map_err(err)?;
+    let info = ctx.source.collection(&c.source).await?;
     let vector = c.vector_column();
     let dim = match (vector.dim, info.dimension) {
         (Some(d), _) => d as usize,
         (None, Some(d)) => d as usize,
         (None, None) => {
-            return Err(format!(
-                "collection `{}` has no vectors yet, so its dimension is unknown\nhint: set `dim:` on the `{}` column in the plan",
-                c.source, vector.name
-            ));
+            return Err(StepError::NoDimension {
+                collection: c.source.clone(),
+                column: vector.name.clone(),
+            });
         }
     };
     let transformer = Transformer::new(c, dim);
     let schema = transformer.schema();
-    let snap = ctx.record(&format!("snapshot:{table}")).await;
+    let snap = ctx.record(&StepKey::snapshot(table)).await;
     let before = snap.version_before;
-    let now = ctx.target.version(table).await.map_err(err)?;
+    let now = ctx.target.version(table).await?;
     if now.is_none() {
         // A create killed before its first commit leaves files but no table.
-        ctx.target.clear_partial(table).await.map_err(err)?;
+        ctx.target.clear_partial(table).await?;
     }
-
-    // Where this copy stands: rows already committed by this apply, and how
-    // the next commit writes.
-    let (mut written, mut how) = match c.mode {
-        Mode::Create => match (before, now) {
-            (Some(_), _) => {
-                return Err(format!(
-                    "table `{table}` already exists and the mode is `create`\nhint: use `mode: replace` (rollback can restore the old table) or `append`, or choose another `table:`"
-                ));
-            }
-            (None, None) => (0, Commit::Create),
-            (None, Some(v)) => (v.rows, Commit::Append),
-        },
-        Mode::Replace => match (before, now) {
-            (_, None) => (0, Commit::Create),
-            (Some(b), Some(v)) if v.version == b.version => (0, Commit::Overwrite),
-            (_, Some(v)) => (v.rows, Commit::Append),
-        },
-        Mode::Append => match now {
-            None => (0, Commit::Create),
-            Some(v) => (
-                v.rows - before.map(|b| b.rows).unwrap_or(0).min(v.rows),
-                Commit::Append,
-            ),
-        },
-        Mode::Upsert => {
-            if now.is_none() {
-                ctx.target
-                    .create_empty(table, schema.clone())
-                    .await
-                    .map_err(err)?;
-            }
-            (0, Commit::Append)
-        }
+    // An append onto rows: are any of the source's ids there already?
+    let overlap = if decide::needs_overlap(c.mode, before, now) && !ctx.allow_duplicates {
+        Some(source_ids_in_table(ctx, c).await?)
+    } else {
+        None
     };
+    let start = decide::copy_start(table, c.mode, before, now, overlap, ctx.allow_duplicates)?;
+    if start.create_empty {
+        ctx.target.create_empty(table, schema.clone()).await?;
+    }
+    let (mut written, mut how) = (start.committed, start.commit);
     let resumed_at = written;
     ctx.update(&step, |r| {
         r.source_count = Some(info.count);
         r.cursor = written;
     })
-    .await
-    .map_err(err)?;
+    .await?;
     ctx.progress.start(table, info.count, written);
+    let rows_for_failpoint = |n| crate::failpoint::hit_rows("commit", table, n);
 
     let mut pull = Puller::start(
         ctx.source.read(&c.source, c.batch_size as usize),
@@ -138,11 +112,8 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
                     }
                 }
             }
-            let v = ctx
-                .target
-                .upsert(table, schema.clone(), buf, &key)
-                .await
-                .map_err(err)?;
+            rows_for_failpoint(written + rows);
+            let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
             written += rows;
             checkpoint_saved(ctx, &step, written, v).await?;
             ctx.progress.advance(table, rows);
@@ -193,23 +164,24 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
             writer.abort();
             return Err(e);
         }
+        rows_for_failpoint(written + in_commit);
         drop(tx);
         let t = Instant::now();
-        let v = writer.await.map_err(err)?.map_err(err)?;
+        let v = writer.await.map_err(|e| StepError::Internal {
+            what: format!("the commit to `{table}`"),
+            reason: e.to_string(),
+        })??;
         committing += t.elapsed();
         written += in_commit;
         how = Commit::Append;
         checkpoint_saved(ctx, &step, written, v).await?;
     }
 
-    if written == 0 && ctx.target.version(table).await.map_err(err)?.is_none() {
+    if written == 0 && ctx.target.version(table).await?.is_none() {
         // An empty collection still becomes a table, with the planned schema.
-        ctx.target
-            .create_empty(table, schema.clone())
-            .await
-            .map_err(err)?;
+        ctx.target.create_empty(table, schema.clone()).await?;
     }
-    let after = ctx.target.version(table).await.map_err(err)?;
+    let after = ctx.target.version(table).await?;
     // Where the copy's time went, for `-v`: a source-bound copy waits on
     // the reader, a writer-bound one on the channel and the commit.
     tracing::debug!(
@@ -226,7 +198,7 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
         .expect("skipped lock")
         .insert(table.to_string(), pull.skipped_ids);
     ctx.progress.finish(table);
-    let final_info = ctx.source.collection(&c.source).await.map_err(err)?;
+    let final_info = ctx.source.collection(&c.source).await?;
     if final_info.count != info.count {
         ctx.warn(format!(
             "collection `{}` changed during the copy ({} records at the start, {} at the end); re-run apply when writes have stopped",
@@ -244,8 +216,11 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
         r.skipped = skipped;
         r.version_after = after;
     })
-    .await
-    .map_err(err)
+    .await?;
+    if let StepKey::Copy { table } = step {
+        crate::failpoint::hit_rows("checkpoint", table.as_str(), written);
+    }
+    Ok(())
 }
 
 /// Source batches, transformed, with the rows an earlier run already
@@ -253,7 +228,7 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), String> {
 /// task of its own, two batches ahead) and writing (Lance's encoders) run
 /// at the same time: on two cores no stage waits for another's CPU work.
 struct Puller {
-    batches: tokio::sync::mpsc::Receiver<Result<(Transformed, Duration), String>>,
+    batches: tokio::sync::mpsc::Receiver<Result<(Transformed, Duration), StepError>>,
     /// Rows still to drop from the front (resume).
     skip: u64,
     skipped_ids: HashSet<String>,
@@ -277,7 +252,7 @@ impl Puller {
                     Ok(Some(b)) => b,
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(err(e))).await;
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
@@ -286,10 +261,18 @@ impl Puller {
                     let started = Instant::now();
                     t.transform(b).map(|out| (out, started.elapsed()))
                 })
-                .await
-                .expect("the transform does not panic");
+                .await;
+                // A transform that panicked is an error of this copy, never
+                // the end of the data.
+                let out = match out {
+                    Ok(r) => r.map_err(StepError::from),
+                    Err(e) => Err(StepError::Internal {
+                        what: "the transform".into(),
+                        reason: e.to_string(),
+                    }),
+                };
                 let failed = out.is_err();
-                if tx.send(out.map_err(err)).await.is_err() || failed {
+                if tx.send(out).await.is_err() || failed {
                     return;
                 }
             }
@@ -303,7 +286,7 @@ impl Puller {
         }
     }
 
-    async fn next(&mut self) -> Result<Option<RecordBatch>, String> {
+    async fn next(&mut self) -> Result<Option<RecordBatch>, StepError> {
         loop {
             let t = Instant::now();
             let next = self.batches.recv().await;
@@ -331,10 +314,10 @@ impl Puller {
 
 async fn checkpoint_saved(
     ctx: &Arc<Ctx>,
-    step: &str,
+    step: &StepKey,
     written: u64,
     v: TableVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     tracing::info!(
         "{step}: checkpoint at {written} rows (table version {})",
         v.version
@@ -344,6 +327,36 @@ async fn checkpoint_saved(
         r.rows = written;
         r.version_after = Some(v);
     })
-    .await
-    .map_err(err)
+    .await?;
+    if let StepKey::Copy { table } = step {
+        crate::failpoint::hit_rows("checkpoint", table.as_str(), written);
+    }
+    Ok(())
+}
+
+/// How many of the source's ids the table holds already (the guard of a
+/// fresh `append`). The table's id column is scanned into 64-bit hashes (8
+/// bytes a row), then the source's ids are streamed against them; a hash
+/// match is confirmed by asking the table for those exact ids, so a
+/// collision never refuses an apply.
+async fn source_ids_in_table(ctx: &Arc<Ctx>, c: &Collection) -> Result<u64, StepError> {
+    let key = c
+        .id_column()
+        .expect("a checked plan has an id column")
+        .name
+        .clone();
+    let in_table = ctx.target.id_hashes(&c.table, &key).await?;
+    let mut candidates: Vec<String> = Vec::new();
+    let mut ids = ctx.source.read_ids(&c.source, c.batch_size as usize);
+    while let Some(batch) = ids.try_next().await? {
+        for id in batch {
+            if in_table.contains(&crate::target::id_hash(&id)) {
+                candidates.push(id);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    Ok(ctx.target.count_ids(&c.table, &key, &candidates).await?)
 }

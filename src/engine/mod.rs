@@ -12,25 +12,34 @@
 //! every time, and each Lance commit is atomic. So the rows this apply has
 //! committed are exactly the first `rows(table) - rows(before apply)` rows
 //! of the transformed source: a resumed copy skips that many and continues.
-//! `upsert` simply starts again (merging on the id is idempotent).
+//! `upsert` simply starts again (merging on the id is idempotent). What to
+//! do (fresh, resume, nothing; where a copy starts, or why it must not
+//! write) is decided by the pure functions of [`decide`], which `plan` uses
+//! too.
+//!
+//! The lock is taken before the state is read, so the decision to resume
+//! or start afresh is made by the only process that may act on it. A step
+//! that panics fails that step only; its branch stops, the others go on.
 
 mod copy;
+pub mod decide;
 pub mod rollback;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::graph::{Step, StepGraph};
-use crate::plan::{Collection, Plan, Source as SourceSpec};
+use crate::plan::{Collection, Plan};
 use crate::source::Source;
 use crate::state::{
-    ApplyRecord, ApplyStatus, Lock, State, StateError, StateStore, StepRecord, StepStatus,
+    ApplyRecord, ApplyStatus, StateError, StateStore, StepKey, StepRecord, StepStatus,
 };
 use crate::target::{IndexOutcome, LanceTarget};
 
@@ -41,6 +50,8 @@ pub use copy::CopyProgress;
 pub struct ApplyOptions {
     pub fail_fast: bool,
     pub lock_timeout: Duration,
+    /// Let an `append` write onto a table that already holds source ids.
+    pub allow_duplicates: bool,
     /// Progress lines / bars on stderr.
     pub progress: Arc<dyn CopyProgress>,
 }
@@ -54,6 +65,60 @@ pub enum EngineError {
     #[error(transparent)]
     Target(#[from] crate::target::TargetError),
 }
+
+/// Why a step failed. Each variant's message names the collection, table
+/// or step involved and ends with a `hint:`; the walker records the text in
+/// state and the report.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    // The large errors are boxed: a step's `Result` stays small.
+    #[error(transparent)]
+    Source(Box<crate::source::SourceError>),
+    #[error(transparent)]
+    Target(Box<crate::target::TargetError>),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Verify(Box<crate::verify::VerifyError>),
+    #[error(transparent)]
+    Backup(Box<crate::backup::BackupError>),
+    #[error(transparent)]
+    Transform(#[from] crate::transform::TransformError),
+    #[error(transparent)]
+    Refused(#[from] decide::Refusal),
+    #[error(
+        "collection `{collection}` has no vectors yet, so its dimension is unknown\nhint: set `dim:` on the `{column}` column in the plan"
+    )]
+    NoDimension { collection: String, column: String },
+    #[error(
+        "validation of `{table}` failed: {breaches}\nhint: inspect the table; `lanceferry rollback {plan_file}` restores every table to its state before this apply"
+    )]
+    Validation {
+        table: String,
+        breaches: String,
+        plan_file: String,
+    },
+    #[error(
+        "{what} stopped on an internal error: {reason}\nhint: this is a bug in lanceferry (please report it); nothing of an unfinished commit was written, and `lanceferry apply` resumes"
+    )]
+    Internal { what: String, reason: String },
+}
+
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),*) => {$(
+        impl From<$ty> for StepError {
+            fn from(e: $ty) -> Self {
+                StepError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(
+    Source: crate::source::SourceError,
+    Target: crate::target::TargetError,
+    Verify: crate::verify::VerifyError,
+    Backup: crate::backup::BackupError
+);
 
 /// The outcome of an apply, per step.
 #[derive(Debug, Clone, Serialize)]
@@ -80,8 +145,9 @@ pub(crate) struct Ctx {
     pub source: Box<dyn Source>,
     pub target: LanceTarget,
     pub store: StateStore,
-    pub state: Mutex<State>,
-    pub apply_index: usize,
+    /// This apply's record; every change is saved before the step goes on.
+    pub record: Mutex<ApplyRecord>,
+    pub allow_duplicates: bool,
     pub progress: Arc<dyn CopyProgress>,
     pub warnings: std::sync::Mutex<Vec<String>>,
     /// Ids skipped by `on_error: skip`, per table (for validation).
@@ -89,27 +155,25 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// Changes this apply's record of one step and saves it (on a blocking
+    /// thread: the save fsyncs) before returning.
     pub async fn update(
         &self,
-        step: &str,
+        step: &StepKey,
         f: impl FnOnce(&mut StepRecord),
     ) -> Result<(), StateError> {
-        let mut st = self.state.lock().await;
-        let rec = st.applies[self.apply_index]
-            .steps
-            .entry(step.to_string())
-            .or_default();
-        f(rec);
-        self.store.save(&st)
+        let mut rec = self.record.lock().await;
+        f(rec.steps.entry(step.clone()).or_default());
+        save(&self.store, &rec).await
     }
 
-    pub async fn record(&self, step: &str) -> StepRecord {
-        let st = self.state.lock().await;
-        st.applies[self.apply_index]
-            .steps
-            .get(step)
-            .cloned()
-            .unwrap_or_default()
+    pub async fn record(&self, step: &StepKey) -> StepRecord {
+        let rec = self.record.lock().await;
+        rec.steps.get(step).cloned().unwrap_or_default()
+    }
+
+    pub async fn apply_id(&self) -> String {
+        self.record.lock().await.id.clone()
     }
 
     pub fn warn(&self, w: String) {
@@ -126,63 +190,80 @@ impl Ctx {
     }
 }
 
+/// Saves an apply's record on a blocking thread (it fsyncs twice).
+async fn save(store: &StateStore, rec: &ApplyRecord) -> Result<(), StateError> {
+    let (store, rec) = (store.clone(), rec.clone());
+    tokio::task::spawn_blocking(move || store.save(&rec))
+        .await
+        .expect("saving state does not panic")
+}
+
 /// Runs (or resumes) an apply of `plan`.
 pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, EngineError> {
-    let store = StateStore::new(&plan.state_dir, &plan.name);
+    let store = StateStore::for_plan(&plan);
     let fingerprint = plan.fingerprint();
-    let mut state = store.load(&plan.target.uri)?;
-
-    // Resume the last apply when it did not finish and the plan is the same.
-    let resumable = state.applies.last().is_some_and(|a| {
-        matches!(a.status, ApplyStatus::Running | ApplyStatus::Failed)
-            && a.fingerprint == fingerprint
-    });
-    let apply_id = if resumable {
-        state.applies.last().expect("checked").id.clone()
-    } else {
-        crate::state::new_apply_id()
+    // The lock first: whether to resume is decided by its holder only.
+    let mut lock = {
+        let (store, timeout) = (store.clone(), opts.lock_timeout);
+        tokio::task::spawn_blocking(move || store.lock(timeout))
+            .await
+            .expect("taking the lock does not panic")?
     };
-    let _lock: Lock = store.lock(&apply_id, opts.lock_timeout)?;
-    // Re-read under the lock: another apply may have finished meanwhile.
-    state = store.load(&plan.target.uri)?;
+    if let Some(c) = &lock.crashed {
+        opts.progress.message(&format!(
+            "warning: apply `{}` (pid {} on `{}`) ended without finishing; its record decides what happens next",
+            c.apply_id, c.pid, c.host
+        ));
+    }
+    let state = store.load()?;
+    let last = state.applies.last();
 
     let source = crate::source::open(&plan.source)?;
     let target = LanceTarget::connect(&plan.target).await?;
 
-    if !resumable
-        && let Some(last) = state.applies.last()
-        && last.status == ApplyStatus::Completed
-        && last.fingerprint == fingerprint
-        && unchanged_since(&plan, last, source.as_ref(), &target).await?
-    {
-        return Ok(ApplySummary {
-            apply_id: last.id.clone(),
-            nothing_to_do: true,
-            resumed: false,
-            done: Vec::new(),
-            failed: Vec::new(),
-            not_started: Vec::new(),
-            report: None,
-            warnings: Vec::new(),
-        });
-    }
-
-    if !resumable {
-        state.applies.push(ApplyRecord {
-            id: apply_id.clone(),
-            fingerprint: fingerprint.clone(),
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            started: Utc::now(),
-            finished: None,
-            status: ApplyStatus::Running,
-            steps: BTreeMap::new(),
-            rollback: None,
-        });
-    } else if let Some(last) = state.applies.last_mut() {
-        last.status = ApplyStatus::Running;
-    }
-    let apply_index = state.applies.len() - 1;
-    store.save(&state)?;
+    let observed = if decide::needs_observation(last, &fingerprint) {
+        let mut obs = Vec::new();
+        for c in &plan.collections {
+            obs.push(decide::Observed {
+                table: c.table.clone(),
+                source_count: source.collection(&c.source).await?.count,
+                now: target.version(&c.table).await?,
+            });
+        }
+        Some(obs)
+    } else {
+        None
+    };
+    let record = match decide::apply_start(last, &fingerprint, observed.as_deref()) {
+        decide::Start::NothingToDo(id) => {
+            return Ok(ApplySummary {
+                apply_id: id,
+                nothing_to_do: true,
+                resumed: false,
+                done: Vec::new(),
+                failed: Vec::new(),
+                not_started: Vec::new(),
+                report: None,
+                warnings: Vec::new(),
+            });
+        }
+        decide::Start::Resume(id) => {
+            let mut rec = last
+                .filter(|l| l.id == id)
+                .cloned()
+                .expect("resumes the last apply");
+            rec.status = ApplyStatus::Running;
+            rec
+        }
+        decide::Start::Fresh => ApplyRecord::new(crate::state::new_apply_id(), fingerprint),
+    };
+    let resumed = last.is_some_and(|l| l.id == record.id);
+    let apply_id = record.id.clone();
+    lock.set_apply(&apply_id).map_err(|source| StateError::Io {
+        path: store.lock_path(),
+        source,
+    })?;
+    save(&store, &record).await?;
 
     let graph = StepGraph::compile(&plan);
     let ctx = Arc::new(Ctx {
@@ -190,8 +271,8 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
         source,
         target,
         store,
-        state: Mutex::new(state),
-        apply_index,
+        record: Mutex::new(record),
+        allow_duplicates: opts.allow_duplicates,
         progress: opts.progress.clone(),
         warnings: std::sync::Mutex::new(Vec::new()),
         skipped: std::sync::Mutex::new(HashMap::new()),
@@ -201,60 +282,28 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
 
     let ok = failed.is_empty() && not_started.is_empty();
     let report = {
-        let mut st = ctx.state.lock().await;
-        let rec = &mut st.applies[apply_index];
+        let mut rec = ctx.record.lock().await;
         rec.status = if ok {
             ApplyStatus::Completed
         } else {
             ApplyStatus::Failed
         };
         rec.finished = Some(Utc::now());
-        ctx.store.save(&st)?;
-        write_report(&ctx, &st.applies[apply_index])?
+        save(&ctx.store, &rec).await?;
+        write_report(&ctx, &rec)?
     };
+    drop(lock);
     let warnings = ctx.warnings.lock().expect("warnings lock").clone();
     Ok(ApplySummary {
         apply_id,
         nothing_to_do: false,
-        resumed: resumable,
+        resumed,
         done,
         failed,
         not_started,
         report: Some(report),
         warnings,
     })
-}
-
-/// True when every table is still at the version the last apply left and
-/// every source collection still has the count it had.
-async fn unchanged_since(
-    plan: &Plan,
-    last: &ApplyRecord,
-    source: &dyn Source,
-    target: &LanceTarget,
-) -> Result<bool, EngineError> {
-    for c in &plan.collections {
-        let Some(copy) = last.steps.get(&format!("copy:{}", c.table)) else {
-            return Ok(false);
-        };
-        let info = source.collection(&c.source).await?;
-        if copy.source_count != Some(info.count) {
-            return Ok(false);
-        }
-        let now = target.version(&c.table).await?;
-        let after = last
-            .steps
-            .iter()
-            .filter(|(k, _)| {
-                k.ends_with(&format!(":{}", c.table)) || k.contains(&format!(":{}:", c.table))
-            })
-            .filter_map(|(_, r)| r.version_after)
-            .max_by_key(|v| v.version);
-        if now.map(|v| v.version) != after.map(|v| v.version) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 type WalkResult = (Vec<String>, Vec<(String, String)>, Vec<String>);
@@ -268,13 +317,13 @@ async fn walk(
     let mut status: HashMap<NodeIndex, StepStatus> = HashMap::new();
     // Steps finished by an earlier, interrupted run of this apply stay done.
     for n in &order {
-        let id = graph.graph[*n].id();
-        let rec = ctx.record(&id).await;
+        let key = graph.graph[*n].key();
+        let rec = ctx.record(&key).await;
         if rec.status == Some(StepStatus::Done) {
             status.insert(*n, StepStatus::Done);
             // A validation the interrupted run finished is not repeated,
             // but its result is the one a reader of this run needs.
-            if let (Some(table), Some(message)) = (id.strip_prefix("validate:"), &rec.message) {
+            if let (StepKey::Validate { table }, Some(message)) = (&key, &rec.message) {
                 ctx.progress.message(&format!(
                     "validate `{table}`: {message} (validated before the interruption)"
                 ));
@@ -304,23 +353,38 @@ async fn walk(
                     let ctx = ctx.clone();
                     let node = *n;
                     in_flight.insert(node);
-                    running.spawn(async move { (node, run_step(&ctx, &step).await) });
+                    running.spawn(async move {
+                        // A panic fails this step only: its branch stops,
+                        // the other collections go on.
+                        let result = std::panic::AssertUnwindSafe(run_step(&ctx, &step))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| {
+                                Err(StepError::Internal {
+                                    what: format!("step `{}`", step.key()),
+                                    reason: crate::source::panic_text(&panic),
+                                })
+                            });
+                        (node, result)
+                    });
                 }
             }
         }
         let Some(joined) = running.join_next().await else {
             break;
         };
-        let (node, result) = joined.expect("a step task panicked");
+        let (node, result) = joined.expect("step tasks catch their panics");
         in_flight.remove(&node);
-        let id = graph.graph[node].id();
+        let key = graph.graph[node].key();
+        let id = key.to_string();
         match result {
             Ok(()) => {
                 status.insert(node, StepStatus::Done);
             }
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 status.insert(node, StepStatus::Failed);
-                ctx.update(&id, |r| {
+                ctx.update(&key, |r| {
                     r.status = Some(StepStatus::Failed);
                     r.finished = Some(Utc::now());
                     r.message = Some(message.clone());
@@ -347,15 +411,15 @@ async fn walk(
 }
 
 /// Runs one step; the error is the message recorded in state and shown.
-async fn run_step(ctx: &Arc<Ctx>, step: &Step) -> Result<(), String> {
-    let id = step.id();
+async fn run_step(ctx: &Arc<Ctx>, step: &Step) -> Result<(), StepError> {
+    let id = step.key();
+    crate::failpoint::hit(&format!("before:{id}"));
     ctx.update(&id, |r| {
         r.status = Some(StepStatus::Running);
         r.started.get_or_insert_with(Utc::now);
         r.message = None;
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let result = match step {
         Step::Backup => backup(ctx).await,
         Step::Snapshot { table } => snapshot(ctx, table).await,
@@ -374,50 +438,31 @@ async fn run_step(ctx: &Arc<Ctx>, step: &Step) -> Result<(), String> {
                 r.status = Some(StepStatus::Done);
                 r.finished = Some(Utc::now());
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
+            crate::failpoint::hit(&format!("after:{id}"));
             Ok(())
         }
         Err(e) => Err(e),
     }
 }
 
-async fn backup(ctx: &Arc<Ctx>) -> Result<(), String> {
+async fn backup(ctx: &Arc<Ctx>) -> Result<(), StepError> {
     let Some(b) = &ctx.plan.backup else {
         return Ok(());
     };
-    let result = match &ctx.plan.source {
-        SourceSpec::ChromaDir { path } => {
-            let (path, dir, keep) = (path.clone(), b.dir.clone(), b.keep);
-            tokio::task::spawn_blocking(move || crate::backup::create(&path, &dir, keep))
-                .await
-                .expect("backup thread panicked")
-        }
-        // No directory to archive: export the planned collections.
-        SourceSpec::ChromaHttp { url, .. } => {
-            let mut names: Vec<String> = ctx
-                .plan
-                .collections
-                .iter()
-                .map(|c| c.source.clone())
-                .collect();
-            names.sort();
-            names.dedup();
-            crate::backup::create_jsonl(
-                ctx.source.as_ref(),
-                &names,
-                &crate::backup::url_stem(url),
-                &b.dir,
-                b.keep,
-            )
-            .await
-        }
-        SourceSpec::Jsonl { .. } => {
-            ctx.warn("backup: a JSON Lines source is already a file backup; skipped".into());
-            return Ok(());
-        }
-    }
-    .map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = ctx
+        .plan
+        .collections
+        .iter()
+        .map(|c| c.source.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    let result = crate::backup::take(&ctx.plan.source, ctx.source.as_ref(), &names, b).await?;
+    let Some(result) = result else {
+        ctx.warn("backup: a JSON Lines source is already a file backup; skipped".into());
+        return Ok(());
+    };
     ctx.progress.message(&format!(
         "backup: {} ({} files, {:.1} MB)",
         result.archive.display(),
@@ -425,31 +470,30 @@ async fn backup(ctx: &Arc<Ctx>) -> Result<(), String> {
         result.bytes as f64 / 1e6
     ));
     let msg = format!("{}", result.archive.display());
-    ctx.update("backup", |r| r.message = Some(msg))
-        .await
-        .map_err(|e| e.to_string())
+    Ok(ctx
+        .update(&StepKey::Backup, |r| r.message = Some(msg))
+        .await?)
 }
 
 fn pre_apply_tag(apply_id: &str) -> String {
     format!("lanceferry-before-{apply_id}")
 }
 
-async fn snapshot(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
-    let id = format!("snapshot:{table}");
-    let version = ctx.target.version(table).await.map_err(|e| e.to_string())?;
+async fn snapshot(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
+    let id = StepKey::snapshot(table);
+    let version = ctx.target.version(table).await?;
     if let Some(v) = version {
-        let apply_id = ctx.state.lock().await.applies[ctx.apply_index].id.clone();
+        let apply_id = ctx.apply_id().await;
         ctx.target
             .tag(table, &pre_apply_tag(&apply_id), v.version)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
-    ctx.update(&id, |r| {
-        r.table_existed = Some(version.is_some());
-        r.version_before = version;
-    })
-    .await
-    .map_err(|e| e.to_string())
+    Ok(ctx
+        .update(&id, |r| {
+            r.table_existed = Some(version.is_some());
+            r.version_before = version;
+        })
+        .await?)
 }
 
 async fn build_index(
@@ -457,25 +501,20 @@ async fn build_index(
     table: &str,
     column: &str,
     kind: crate::plan::IndexType,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let c = ctx.collection(table);
     let index = c
         .indexes
         .iter()
         .find(|i| i.column == column && i.kind == kind)
         .expect("index steps come from the plan");
-    let space = ctx
-        .source
-        .collection(&c.source)
-        .await
-        .map_err(|e| e.to_string())?
-        .space;
-    let outcome = ctx
-        .target
-        .create_index(table, index, space)
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = format!("index:{table}:{column}:{kind}");
+    let space = ctx.source.collection(&c.source).await?.space;
+    let outcome = ctx.target.create_index(table, index, space).await?;
+    let id = StepKey::Index {
+        table: table.into(),
+        column: column.into(),
+        index: kind,
+    };
     match outcome {
         IndexOutcome::Built => ctx
             .progress
@@ -484,13 +523,11 @@ async fn build_index(
             "index `{kind}` on `{table}.{column}` skipped: {why}"
         )),
     }
-    let after = ctx.target.version(table).await.map_err(|e| e.to_string())?;
-    ctx.update(&id, |r| r.version_after = after)
-        .await
-        .map_err(|e| e.to_string())
+    let after = ctx.target.version(table).await?;
+    Ok(ctx.update(&id, |r| r.version_after = after).await?)
 }
 
-async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
+async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     let c = ctx.collection(table);
     let skipped = ctx
         .skipped
@@ -499,12 +536,10 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
         .get(table)
         .cloned()
         .unwrap_or_default();
-    let snap = ctx.record(&format!("snapshot:{table}")).await;
-    let others =
-        crate::verify::Others::for_mode(c.mode, snap.version_before.map(|v| v.rows).unwrap_or(0));
+    let snap = ctx.record(&StepKey::snapshot(table)).await;
+    let others = crate::verify::Others::for_mode(c.mode, snap.version_before);
     let r = crate::verify::verify_collection(ctx.source.as_ref(), &ctx.target, c, &skipped, others)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let values = &r.values;
     if let Some(s) = &values.cosine {
         ctx.progress.message(&format!(
@@ -529,21 +564,21 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), String> {
         v.breaches.join("; ")
     };
     let m2 = message.clone();
-    ctx.update(&format!("validate:{table}"), |r| {
+    ctx.update(&StepKey::validate(table), |r| {
         r.rows = rows;
         r.message = Some(m2);
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     if v.ok() {
         ctx.progress
             .message(&format!("validate `{table}`: {message}"));
         Ok(())
     } else {
-        Err(format!(
-            "validation of `{table}` failed: {message}\nhint: inspect the table; `lanceferry rollback {}` restores every table to its state before this apply",
-            ctx.plan.file.display()
-        ))
+        Err(StepError::Validation {
+            table: table.to_string(),
+            breaches: message,
+            plan_file: ctx.plan.file.display().to_string(),
+        })
     }
 }
 
@@ -562,7 +597,7 @@ fn write_report(ctx: &Ctx, rec: &ApplyRecord) -> Result<std::path::PathBuf, Stat
         "started": rec.started,
         "finished": rec.finished,
         "source": ctx.plan.source.describe(),
-        "target": ctx.plan.target.uri,
+        "target": ctx.store.target,
         "steps": rec.steps,
         "warnings": *ctx.warnings.lock().expect("warnings lock"),
     });

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::EngineError;
 use crate::plan::Plan;
-use crate::state::{ApplyStatus, RollbackRecord, StateStore};
+use crate::state::{ApplyStatus, RollbackRecord, StateStore, StepKey};
 use crate::target::LanceTarget;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +57,17 @@ pub async fn rollback(
     force: bool,
     lock_timeout: Duration,
 ) -> Result<RollbackSummary, RollbackError> {
-    let store = StateStore::new(&plan.state_dir, &plan.name);
-    let state_path = store.state_path().display().to_string();
-    let mut state = store.load(&plan.target.uri).map_err(EngineError::from)?;
+    let store = StateStore::for_plan(plan);
+    let state_path = store.dir.display().to_string();
+    // The lock first, then the record: another apply may finish meanwhile.
+    let mut lock = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.lock(lock_timeout))
+            .await
+            .expect("taking the lock does not panic")
+            .map_err(EngineError::from)?
+    };
+    let state = store.load().map_err(EngineError::from)?;
     let index = match apply {
         Some(id) => state
             .applies
@@ -82,11 +90,13 @@ pub async fn rollback(
         }
     };
     let apply_id = state.applies[index].id.clone();
-    let _lock = store
-        .lock(&apply_id, lock_timeout)
-        .map_err(EngineError::from)?;
-    state = store.load(&plan.target.uri).map_err(EngineError::from)?;
-    let rec = state.applies[index].clone();
+    lock.set_apply(&apply_id).map_err(|source| {
+        EngineError::from(crate::state::StateError::Io {
+            path: store.lock_path(),
+            source,
+        })
+    })?;
+    let mut rec = state.applies[index].clone();
     if rec.status == ApplyStatus::RolledBack {
         return Ok(RollbackSummary {
             apply_id,
@@ -101,19 +111,13 @@ pub async fn rollback(
     // First check every table, then change any: all or nothing refused.
     let mut work = Vec::new();
     for c in &plan.collections {
-        let Some(snap) = rec.steps.get(&format!("snapshot:{}", c.table)) else {
+        let Some(snap) = rec.step(&StepKey::snapshot(&c.table)) else {
             continue;
         };
         let Some(existed) = snap.table_existed else {
             continue;
         };
-        let left = rec
-            .steps
-            .iter()
-            .filter(|(k, _)| k.split(':').nth(1) == Some(c.table.as_str()))
-            .filter_map(|(_, r)| r.version_after)
-            .map(|v| v.version)
-            .max();
+        let left = rec.version_left(&c.table).map(|v| v.version);
         let current = target.version(&c.table).await.map_err(EngineError::from)?;
         if let (Some(cur), Some(left)) = (current, left)
             && cur.version != left
@@ -160,13 +164,13 @@ pub async fn rollback(
         };
         tables.insert(table, what);
     }
-    state.applies[index].status = ApplyStatus::RolledBack;
-    state.applies[index].rollback = Some(RollbackRecord {
+    rec.status = ApplyStatus::RolledBack;
+    rec.rollback = Some(RollbackRecord {
         at: Utc::now(),
         forced: force,
         tables: tables.clone(),
     });
-    store.save(&state).map_err(EngineError::from)?;
+    store.save(&rec).map_err(EngineError::from)?;
     Ok(RollbackSummary {
         apply_id,
         already: false,

@@ -5,7 +5,10 @@
 //!
 //! Export streams: one source batch in memory at a time, whatever the
 //! collection size. It writes to a hidden temporary name beside the output
-//! and renames it when complete, so a file that exists is whole. Numbers
+//! and renames it only when the stream ended without an error and the
+//! records written are as many as the source counted before the export,
+//! so a file that exists is whole: a reader that fails, or ends early
+//! without saying why, leaves no file under the final name. Numbers
 //! keep their exact values: metadata integers as integers (2^53 + 1 stays
 //! 2^53 + 1), floats and vector components in their shortest round-trip
 //! form, so export → `jsonl` source → verify compares equal. The same
@@ -30,6 +33,15 @@ pub enum ExportError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "the export of collection `{collection}` read {written} records, but the source counted {expected}; `{path}` was left as it was\nhint: the collection changed during the export or its reader stopped early; stop the applications writing to it and run the export again"
+    )]
+    Incomplete {
+        collection: String,
+        path: PathBuf,
+        expected: u64,
+        written: u64,
     },
 }
 
@@ -108,8 +120,9 @@ pub async fn export_collection(
     batch_size: usize,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Exported, ExportError> {
-    // Fails early, naming the existing collections, before a file is made.
-    source.collection(collection).await?;
+    // Fails early, naming the existing collections, before a file is made;
+    // the count is what a complete export must have written.
+    let expected = source.collection(collection).await?.count;
     let io = |source| ExportError::Io {
         path: path.to_path_buf(),
         source,
@@ -140,6 +153,16 @@ pub async fn export_collection(
             records += batch.len() as u64;
             progress(records);
         }
+        // A stream can end without an error and still be short (a reader
+        // that stopped early): never rename that into place as complete.
+        if records != expected {
+            return Err(ExportError::Incomplete {
+                collection: collection.to_string(),
+                path: path.to_path_buf(),
+                expected,
+                written: records,
+            });
+        }
         let bytes = out.finish().map_err(io)?;
         Ok((records, bytes))
     }
@@ -151,13 +174,97 @@ pub async fn export_collection(
             return Err(e);
         }
     };
-    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     Ok(Exported {
         collection: collection.to_string(),
         path: path.to_path_buf(),
         records,
         bytes,
     })
+}
+
+/// A source that yields what a test tells it to, for the export and backup
+/// tests (no Chroma needed).
+#[cfg(test)]
+pub(crate) mod fake {
+    use futures::StreamExt;
+    use futures::stream::BoxStream;
+
+    use crate::plan::DistanceSpace;
+    use crate::source::{CollectionInfo, Source, SourceBatch, SourceError};
+
+    /// The one collection a [`FakeSource`] has.
+    pub(crate) const NAME: &str = "docs";
+
+    pub(crate) struct FakeSource {
+        /// The count `collection` reports.
+        pub count: u64,
+        /// The records of each batch the stream yields, in order.
+        pub batches: Vec<usize>,
+        /// Whether the stream ends with an error after the batches.
+        pub fail: bool,
+    }
+
+    fn batch(first: usize, n: usize) -> SourceBatch {
+        SourceBatch {
+            ids: (first..first + n).map(|i| format!("id{i}")).collect(),
+            documents: vec![None; n],
+            uris: vec![None; n],
+            metadatas: vec![None; n],
+            embeddings: (0..n * 2).map(|i| i as f32).collect(),
+            dim: 2,
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Source for FakeSource {
+        fn describe(&self) -> String {
+            "fake source".into()
+        }
+
+        async fn list_collections(&self) -> Result<Vec<CollectionInfo>, SourceError> {
+            Ok(vec![CollectionInfo {
+                name: NAME.into(),
+                id: "fake-id".into(),
+                count: self.count,
+                dimension: Some(2),
+                space: DistanceSpace::L2,
+                metadata: Default::default(),
+            }])
+        }
+
+        fn read(
+            &self,
+            _collection: &str,
+            _batch_size: usize,
+        ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+            let mut items = Vec::new();
+            let mut first = 0;
+            for &n in &self.batches {
+                items.push(Ok(batch(first, n)));
+                first += n;
+            }
+            if self.fail {
+                items.push(Err(SourceError::Io {
+                    path: "fake".into(),
+                    source: std::io::Error::other("the reader failed"),
+                }));
+            }
+            futures::stream::iter(items).boxed()
+        }
+
+        async fn get(
+            &self,
+            _collection: &str,
+            _ids: &[String],
+        ) -> Result<SourceBatch, SourceError> {
+            // Export never looks records up; none found is a valid answer.
+            Ok(batch(0, 0))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,5 +297,84 @@ mod tests {
             lines[1],
             r#"{"doc_id":"b","content":null,"metadata":null,"embedding":[3.4028235e+38,-0.0],"uri":"s3://u"}"#
         );
+    }
+
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_stream_error_leaves_no_file() {
+        use super::fake::{FakeSource, NAME};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.jsonl.gz");
+        let source = FakeSource {
+            count: 4,
+            batches: vec![2],
+            fail: true,
+        };
+        let err = export_collection(&source, NAME, &path, 2, &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExportError::Source(_)), "{err}");
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{:?}",
+            names_in(dir.path())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_short_leaves_no_file() {
+        use super::fake::{FakeSource, NAME};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.jsonl");
+        // Ends cleanly after 2 records of the 3 counted: what a reader
+        // thread that died without an error looks like.
+        let source = FakeSource {
+            count: 3,
+            batches: vec![2],
+            fail: false,
+        };
+        let err = export_collection(&source, NAME, &path, 2, &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExportError::Incomplete { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`docs`") && msg.contains("read 2 records") && msg.contains("counted 3"),
+            "{msg}"
+        );
+        assert!(msg.contains("\nhint: "), "{msg}");
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{:?}",
+            names_in(dir.path())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_complete_stream_is_renamed_into_place() {
+        use super::fake::{FakeSource, NAME};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.jsonl");
+        let source = FakeSource {
+            count: 3,
+            batches: vec![2, 1],
+            fail: false,
+        };
+        let r = export_collection(&source, NAME, &path, 2, &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.records, 3);
+        assert_eq!(names_in(dir.path()), ["docs.jsonl"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }

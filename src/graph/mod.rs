@@ -5,8 +5,8 @@
 //! snapshot (record the table's pre-apply version) → copy → each index →
 //! validate; and one report after everything. Collections share no edges, so
 //! the executor can run them concurrently and a failure in one branch leaves
-//! the others alone. Step ids are stable strings (`copy:canvas_concepts`)
-//! because the state record is keyed by them.
+//! the others alone. Each step has a typed [`StepKey`] that keys the state
+//! record; its string form (`copy:canvas_concepts`) is what users see.
 
 mod render;
 
@@ -16,6 +16,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::plan::{IndexType, Plan};
+use crate::state::StepKey;
 
 pub use render::Format;
 
@@ -42,20 +43,29 @@ pub enum Step {
 }
 
 impl Step {
-    /// The stable id that keys this step in the state record.
-    pub fn id(&self) -> String {
+    /// The key of this step in the state record.
+    pub fn key(&self) -> StepKey {
         match self {
-            Step::Backup => "backup".into(),
-            Step::Snapshot { table } => format!("snapshot:{table}"),
-            Step::Copy { table, .. } => format!("copy:{table}"),
+            Step::Backup => StepKey::Backup,
+            Step::Snapshot { table } => StepKey::snapshot(table),
+            Step::Copy { table, .. } => StepKey::copy(table),
             Step::Index {
                 table,
                 column,
                 index,
-            } => format!("index:{table}:{column}:{index}"),
-            Step::Validate { table } => format!("validate:{table}"),
-            Step::Report => "report".into(),
+            } => StepKey::Index {
+                table: table.clone(),
+                column: column.clone(),
+                index: *index,
+            },
+            Step::Validate { table } => StepKey::validate(table),
+            Step::Report => StepKey::Report,
         }
+    }
+
+    /// The key's string form, as `graph` and the report show it.
+    pub fn id(&self) -> String {
+        self.key().to_string()
     }
 
     /// The table a step belongs to, if any.

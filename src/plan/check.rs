@@ -51,6 +51,7 @@ impl Locator<'_> {
         hint: impl Into<String>,
     ) -> Diagnostic {
         Diagnostic {
+            secret: false,
             file: self.file.clone(),
             pos,
             message: message.into(),
@@ -83,6 +84,15 @@ pub fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) ->
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// Whether a raw YAML value is exactly one `${VAR}` with no default: the
+/// only way a secret may appear in a plan.
+fn is_whole_reference(raw_text: &str) -> bool {
+    let refs = vars::references(raw_text);
+    refs.len() == 1
+        && refs[0].default.is_none()
+        && raw_text.trim() == format!("${{{}}}", refs[0].name)
 }
 
 fn valid_table_name(name: &str) -> bool {
@@ -120,14 +130,35 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
                     "set `target.lancedb.uri` to a directory such as `./lancedb`",
                 ));
             }
+            let storage_options: Vec<(String, String)> = t
+                .storage_options
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            for (key, _) in &storage_options {
+                if !super::redact::looks_secret(key) {
+                    continue;
+                }
+                let pointer = format!(
+                    "/target/lancedb/storage_options/{}",
+                    key.replace('~', "~0").replace('/', "~1")
+                );
+                let raw_text = match raw.at_pointer(&pointer).map(|n| &n.kind) {
+                    Some(super::yaml::NodeKind::Scalar { text, .. }) => text.clone(),
+                    _ => String::new(),
+                };
+                if !is_whole_reference(&raw_text) {
+                    errs.push(loc.diag(
+                        loc.value(&pointer),
+                        format!("storage option `{key}` holds a secret written in the plan instead of coming from a variable"),
+                        format!("write `{key}: ${{VAR}}` and pass the value with `--var`, `--var-file` or the environment; plans live in git and must hold no secrets"),
+                    ).secret());
+                }
+            }
             Target {
                 uri: t.uri.clone(),
-                storage_options: t
-                    .storage_options
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
+                storage_options,
             }
         }
     };
@@ -277,14 +308,9 @@ fn check_source(
                     None
                 }
                 (Some(path), None) => {
-                    for key in [
-                        "token",
-                        "token_header",
-                        "tenant",
-                        "database",
-                        "timeout_secs",
-                        "ca_cert",
-                    ] {
+                    // `tenant` and `database` choose which of the directory's
+                    // databases is read, as they do on a server.
+                    for key in ["token", "token_header", "timeout_secs", "ca_cert"] {
                         if raw.entry_at(base, key).is_some() {
                             errs.push(loc.diag(
                                 loc.key(base, key),
@@ -302,6 +328,11 @@ fn check_source(
                     }
                     Some(Source::ChromaDir {
                         path: PathBuf::from(path),
+                        tenant: c.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into()),
+                        database: c
+                            .database
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_DATABASE.into()),
                     })
                 }
                 (None, Some(url)) => {
@@ -325,15 +356,12 @@ fn check_source(
                                 _ => String::new(),
                             };
                             let refs = vars::references(&raw_text);
-                            let whole_ref = refs.len() == 1
-                                && refs[0].default.is_none()
-                                && raw_text.trim() == format!("${{{}}}", refs[0].name);
-                            if !whole_ref {
+                            if !is_whole_reference(&raw_text) {
                                 errs.push(loc.diag(
                                     loc.value(&format!("{base}/token")),
                                     "the token is written in the plan instead of coming from a variable",
                                     "write `token: ${CHROMA_TOKEN}` and pass the value with `--var`, `--var-file` or the environment; plans live in git and must hold no secrets",
-                                ));
+                                ).secret());
                                 None
                             } else {
                                 Some(Secret::new(value.clone(), refs[0].name.clone()))

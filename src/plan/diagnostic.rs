@@ -16,6 +16,17 @@ pub struct Diagnostic {
     pub pos: Pos,
     pub message: String,
     pub hint: String,
+    /// The value at `pos` is a secret: its snippet shows `*` in its place.
+    pub secret: bool,
+}
+
+impl Diagnostic {
+    /// Marks the value this diagnostic points at as a secret, so the
+    /// snippet never prints it (error output ends up in CI logs).
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
 }
 
 /// One or more diagnostics for the same plan file, with its text for snippets.
@@ -127,6 +138,21 @@ fn render_one(d: &Diagnostic, source: &str, color: bool) -> String {
     ));
     if let Some(line) = source.lines().nth(d.pos.line.saturating_sub(1)) {
         let width = token_width(line, d.pos.column);
+        let masked;
+        let line = if d.secret {
+            let start = line
+                .char_indices()
+                .nth(d.pos.column.saturating_sub(1))
+                .map_or(line.len(), |(i, _)| i);
+            let end = line[start..]
+                .char_indices()
+                .nth(width)
+                .map_or(line.len(), |(i, _)| start + i);
+            masked = format!("{}{}{}", &line[..start], "*".repeat(width), &line[end..]);
+            masked.as_str()
+        } else {
+            line
+        };
         out.push_str(&format!("{pad} {}\n", p.blue("|")));
         out.push_str(&format!(
             "{} {} {}\n",

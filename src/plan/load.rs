@@ -46,6 +46,7 @@ pub fn load_str(text: &str, file: &Path, vars: &Vars) -> Result<Plan, PlanDiagno
         source_text: text.to_string(),
     };
     let diag = |pos, message: String, hint: String| Diagnostic {
+        secret: false,
         file: file.to_path_buf(),
         pos,
         message,

@@ -8,6 +8,7 @@ pub mod check;
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod redact;
 pub mod spec;
 pub mod vars;
 pub mod yaml;

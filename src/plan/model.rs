@@ -71,10 +71,20 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
-    /// A Chroma persistent directory, read directly.
-    ChromaDir { path: PathBuf },
+    /// A Chroma persistent directory, read directly: the collections of one
+    /// tenant's database. The defaults are left out when serialized, so a
+    /// plan that does not name them keeps its fingerprint.
+    ChromaDir {
+        path: PathBuf,
+        #[serde(skip_serializing_if = "Source::is_default_tenant")]
+        tenant: String,
+        #[serde(skip_serializing_if = "Source::is_default_database")]
+        database: String,
+    },
     /// A running Chroma server.
     ChromaHttp {
+        /// Sent as written; shown and stored with its userinfo as `***`.
+        #[serde(serialize_with = "crate::plan::redact::ser_url")]
         url: String,
         tenant: String,
         database: String,
@@ -91,16 +101,41 @@ impl Source {
     /// A short human description, without secrets.
     pub fn describe(&self) -> String {
         match self {
-            Source::ChromaDir { path } => format!("chroma directory `{}`", path.display()),
-            Source::ChromaHttp { url, .. } => format!("chroma server `{url}`"),
+            Source::ChromaDir {
+                path,
+                tenant,
+                database,
+            } => {
+                if Self::is_default_tenant(tenant) && Self::is_default_database(database) {
+                    format!("chroma directory `{}`", path.display())
+                } else {
+                    format!(
+                        "chroma directory `{}` (tenant `{tenant}`, database `{database}`)",
+                        path.display()
+                    )
+                }
+            }
+            Source::ChromaHttp { url, .. } => {
+                format!("chroma server `{}`", crate::plan::redact::url(url))
+            }
             Source::Jsonl { path, .. } => format!("JSON Lines in `{}`", path.display()),
         }
+    }
+
+    fn is_default_tenant(tenant: &str) -> bool {
+        tenant == DEFAULT_TENANT
+    }
+
+    fn is_default_database(database: &str) -> bool {
+        database == DEFAULT_DATABASE
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub uri: String,
+    /// Passed to LanceDB as written; secret-looking values shown as `***`.
+    #[serde(serialize_with = "crate::plan::redact::ser_options")]
     pub storage_options: Vec<(String, String)>,
 }
 
@@ -349,15 +384,88 @@ impl Default for Validate {
 }
 
 impl Plan {
-    /// A stable digest of everything the plan means (after variables, without
-    /// secrets): two runs with the same fingerprint do the same thing.
+    /// A stable digest of what decides the tables' contents: the source's
+    /// identity, and per collection its source, table, mode, column mapping
+    /// and indexes. Two applies with the same fingerprint write the same
+    /// tables, so an interrupted apply is resumed only under the same
+    /// fingerprint, and a completed one makes a re-run "nothing to do".
+    ///
+    /// Left out on purpose, because they change how an apply runs but not
+    /// what it writes: batch size, concurrency, checkpoint interval,
+    /// validation thresholds, backup, state directory, timeouts, TLS roots,
+    /// the token and the userinfo of a URL (a rotated password is the same
+    /// source). The target is left out too: the state is already kept per
+    /// target. So changing `batch_size` after a crash still resumes.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        let mut copy = self.clone();
-        // The file name does not change what the plan does.
-        copy.file = PathBuf::new();
-        let json = serde_json::to_vec(&copy).expect("plan serializes");
-        let digest = Sha256::digest(&json);
-        format!("sha256:{}", hex::encode(digest))
+        let source = match &self.source {
+            Source::ChromaDir { .. } | Source::Jsonl { .. } => {
+                serde_json::to_value(&self.source).expect("source serializes")
+            }
+            Source::ChromaHttp {
+                url,
+                tenant,
+                database,
+                ..
+            } => serde_json::json!({
+                "kind": "chroma_http",
+                "url": crate::plan::redact::url_identity(url),
+                "tenant": tenant,
+                "database": database,
+            }),
+        };
+        let collections: Vec<serde_json::Value> = self
+            .collections
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "source": c.source,
+                    "table": c.table,
+                    "mode": c.mode,
+                    "columns": c.columns,
+                    "indexes": c.indexes,
+                })
+            })
+            .collect();
+        let what = serde_json::json!({ "source": source, "collections": collections });
+        let json = serde_json::to_vec(&what).expect("plan serializes");
+        format!("sha256:{}", hex::encode(Sha256::digest(&json)))
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use crate::plan::{Vars, load_str};
+    use std::path::Path;
+
+    fn plan(extra: &str, collection: &str) -> crate::plan::Plan {
+        let text = format!(
+            "version: 1\nname: t\nsource: {{ chroma: {{ path: ./db }} }}\ntarget: {{ lancedb: {{ uri: ./out }} }}\n{extra}collections:\n  - source: a\n{collection}"
+        );
+        load_str(&text, Path::new("t.yaml"), &Vars::empty()).unwrap()
+    }
+
+    #[test]
+    fn only_what_decides_the_tables_changes_the_fingerprint() {
+        let base = plan("", "").fingerprint();
+        for (extra, coll) in [
+            (
+                "defaults: { batch_size: 7, concurrency: 1, checkpoint_rows: 10 }\n",
+                "",
+            ),
+            ("", "    batch_size: 9\n"),
+            ("", "    validate: { sample: 10, min_cosine: 0.5 }\n"),
+            ("backup: { dir: ./b }\n", ""),
+            ("state: { path: ./elsewhere }\n", ""),
+        ] {
+            assert_eq!(plan(extra, coll).fingerprint(), base, "{extra}{coll}");
+        }
+        for (extra, coll) in [
+            ("", "    mode: append\n"),
+            ("", "    table: other\n"),
+            ("", "    indexes: [{ column: document, type: fts }]\n"),
+        ] {
+            assert_ne!(plan(extra, coll).fingerprint(), base, "{extra}{coll}");
+        }
     }
 }

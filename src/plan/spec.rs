@@ -306,7 +306,9 @@ pub struct IndexSpec {
 }
 
 /// Index kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IndexType {
     /// Vector: IVF with product quantization (the default choice).

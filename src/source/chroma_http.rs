@@ -136,7 +136,7 @@ impl ChromaHttp {
     /// Prepares a client; nothing is sent until the first call.
     pub fn new(opts: HttpOptions) -> Result<Self, SourceError> {
         let bad_url = |reason: String| SourceError::Server {
-            url: opts.url.clone(),
+            url: crate::plan::redact::url(&opts.url),
             what: "the URL".into(),
             status: None,
             message: reason,
@@ -150,11 +150,10 @@ impl ChromaHttp {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
+        // Every message names the server by this: userinfo as `***`.
         let mut shown = base.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
         shown.set_query(None);
-        let shown = shown.as_str().trim_end_matches('/').to_string();
+        let shown = crate::plan::redact::url(shown.as_str().trim_end_matches('/'));
 
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &opts.token {
@@ -449,7 +448,7 @@ impl Inner {
                 if status == StatusCode::NOT_FOUND || is_not_found(&message) =>
             {
                 return Err(SourceError::NoSuchDatabase {
-                    url: self.shown.clone(),
+                    source_desc: format!("the Chroma server at `{}`", self.shown),
                     tenant: t.to_string(),
                     database: db.to_string(),
                     message,

@@ -95,10 +95,11 @@ pub enum SourceError {
         hint: String,
     },
     #[error(
-        "the Chroma server at `{url}` has no database `{database}` in tenant `{tenant}`: {message}\nhint: fix `source.chroma.tenant` / `source.chroma.database` (defaults `default_tenant` / `default_database`)"
+        "{source_desc} has no database `{database}` in tenant `{tenant}`: {message}\nhint: fix `source.chroma.tenant` / `source.chroma.database` (defaults `default_tenant` / `default_database`)"
     )]
     NoSuchDatabase {
-        url: String,
+        /// "the Chroma server at `URL`" or "the Chroma directory `PATH`".
+        source_desc: String,
         tenant: String,
         database: String,
         message: String,
@@ -113,6 +114,10 @@ pub enum SourceError {
         after: u64,
         read: u64,
     },
+    #[error(
+        "the reader stopped on an internal error: {reason}\nhint: this is a bug in lanceferry (please report it); nothing was written from the unfinished read, and the command can be run again"
+    )]
+    ReaderCrashed { reason: String },
     #[error("cannot read `{path}`: {source}\nhint: check that the path exists and is readable")]
     Io {
         path: String,
@@ -199,15 +204,62 @@ pub(crate) fn blocking_stream(
 ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    std::thread::spawn(move || reader(&mut |b| tx.blocking_send(b).is_ok()));
+    std::thread::spawn(move || {
+        let sink = tx.clone();
+        let run =
+            std::panic::AssertUnwindSafe(move || reader(&mut |b| sink.blocking_send(b).is_ok()));
+        // A reader that panics must end the stream with an error: a stream
+        // that simply ends would look like the end of the data.
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            let _ = tx.blocking_send(Err(SourceError::ReaderCrashed {
+                reason: panic_text(&panic),
+            }));
+        }
+    });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// The message of a caught panic (a `&str` or `String` payload).
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Runs blocking source work (SQLite, file reads) off the async runtime.
 pub(crate) async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
 ) -> Result<T, SourceError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("reader thread panicked")
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r,
+        Err(e) => Err(SourceError::ReaderCrashed {
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_reader_that_panics_ends_its_stream_with_an_error() {
+        let mut s = blocking_stream(|sink| {
+            sink(Ok(SourceBatch::default()));
+            panic!("boom in the reader");
+        });
+        assert!(s.next().await.unwrap().is_ok());
+        let err = s.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("boom in the reader"), "{err}");
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn blocking_work_that_panics_is_an_error() {
+        let r: Result<(), _> = run_blocking(|| panic!("boom")).await;
+        assert!(matches!(r, Err(SourceError::ReaderCrashed { .. })));
+    }
 }

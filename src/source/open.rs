@@ -11,7 +11,11 @@ use crate::plan::Source as SourceSpec;
 /// the first call.
 pub fn open(spec: &SourceSpec) -> Result<Box<dyn Source>, SourceError> {
     match spec {
-        SourceSpec::ChromaDir { path } => Ok(Box::new(ChromaDir::open(path)?)),
+        SourceSpec::ChromaDir {
+            path,
+            tenant,
+            database,
+        } => Ok(Box::new(ChromaDir::open_in(path, tenant, database)?)),
         SourceSpec::ChromaHttp {
             url,
             tenant,

@@ -1,17 +1,40 @@
 //! The state record: what apply did, step by step, and the lock around it.
 //!
-//! One JSON document per plan name and target (`<state dir>/<plan>.state.json`),
-//! versioned, written atomically (temp file, fsync, rename, fsync of the
-//! directory) so a crash leaves the old or the new record, never half of
-//! one. A lock file (`<plan>.lock`, created with O_EXCL) names its holder:
-//! apply id, pid, host and start time. A lock whose holder is a dead process
-//! on this host is taken over with a warning, so a crash never needs a manual
-//! step; `lanceferry unlock ID` breaks any other. Secrets never enter state:
-//! the plan is recorded by fingerprint only.
+//! **Keyed by plan and target.** The same plan is applied to dev, staging
+//! and prod with only `LANCEDB_URI` changed; each target keeps its own
+//! record, in `<state dir>/<plan>-<key>/` where `<key>` is 16 hex digits of
+//! the SHA-256 of the resolved target URI (a local path made absolute and
+//! normalized; an object-store URI as written, without a trailing `/`). The
+//! directory's `target.json` names the target, and a record whose target is
+//! not the plan's is refused, so `rollback` never touches another
+//! environment's tables.
+//!
+//! **One document per apply.** `applies/<apply id>.json` holds one
+//! [`ApplyRecord`]; a step update rewrites only the current apply's
+//! document, never the history. Every write is atomic (temp file, fsync,
+//! rename, fsync of the directory), so a crash leaves the old or the new
+//! document, never half of one.
+//!
+//! **An OS advisory lock.** `lock` is held with `flock` (std's
+//! `File::lock`) for the whole apply or rollback. The kernel releases it
+//! when the holder's process ends, however it ends, so there is no stale
+//! lock to detect, no window where a half-written lock file looks stale,
+//! and no remove-then-create race on takeover; the file is never deleted.
+//! The holder (apply id, pid, host, start) is written into the file while
+//! the lock is held, for the message a waiting apply prints, and cleared on
+//! release; a holder found there when the lock is taken ended without
+//! releasing (a crash), which is said. Callers decide between a resume and
+//! a new apply only after the lock is held.
+//!
+//! Secrets never enter state: the plan is recorded by fingerprint only.
+
+mod key;
+
+pub use key::{BadStepKey, StepKey};
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek, Write};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,7 +42,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::target::TableVersion;
 
-pub const STATE_FORMAT: u32 = 1;
+/// Format of `target.json` and the apply documents. Format 1 was one
+/// `<plan>.state.json` per plan name; it is imported on first use.
+pub const STATE_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -39,12 +64,32 @@ pub enum StateError {
         "state `{path}` has format {found}, newer than this lanceferry ({STATE_FORMAT})\nhint: upgrade lanceferry"
     )]
     TooNew { path: PathBuf, found: u32 },
-    #[error("plan `{plan}` is locked by apply `{}` (pid {} on `{}`, since {})\nhint: wait for it to finish; if it is gone for good, run `lanceferry unlock {}`", holder.apply_id, holder.pid, holder.host, holder.started, holder.apply_id)]
-    Locked { plan: String, holder: LockHolder },
     #[error(
-        "no lock held by `{id}` for plan `{plan}`\nhint: `lanceferry unlock` takes the apply id printed in the lock error"
+        "state `{path}` records target `{recorded}`, not this plan's `{target}`\nhint: the state directory was copied or edited by hand; move `{path}` aside, or point `state.path` elsewhere"
     )]
-    NotLocked { plan: String, id: String },
+    OtherTarget {
+        path: PathBuf,
+        recorded: String,
+        target: String,
+    },
+    #[error("plan `{plan}` on target `{target}` is locked by {}\nhint: wait for it to finish (`--lock-timeout SECONDS` waits longer); the lock is released when that process ends, however it ends", holder.as_ref().map(|h| format!("apply `{}` (pid {} on `{}`, since {})", h.apply_id, h.pid, h.host, h.started)).unwrap_or_else(|| "another lanceferry process".into()))]
+    Locked {
+        plan: String,
+        target: String,
+        holder: Option<LockHolder>,
+    },
+    #[error(
+        "the lock of plan `{plan}` is held by apply `{}` (pid {} on `{}`), which is still running\nhint: a running holder cannot be unlocked; stop that process (the OS releases its lock when it ends)", holder.apply_id, holder.pid, holder.host
+    )]
+    HeldByLiveProcess { plan: String, holder: LockHolder },
+    #[error(
+        "no lock held by `{id}` for plan `{plan}`{}\nhint: `lanceferry unlock` takes the apply id printed in the lock error; a crashed holder's lock is already released", found.as_ref().map(|h| format!(" (the record names apply `{}`)", h.apply_id)).unwrap_or_default()
+    )]
+    NotLocked {
+        plan: String,
+        id: String,
+        found: Option<LockHolder>,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -104,9 +149,38 @@ pub struct ApplyRecord {
     pub started: DateTime<Utc>,
     pub finished: Option<DateTime<Utc>>,
     pub status: ApplyStatus,
-    pub steps: BTreeMap<String, StepRecord>,
+    pub steps: BTreeMap<StepKey, StepRecord>,
     #[serde(default)]
     pub rollback: Option<RollbackRecord>,
+}
+
+impl ApplyRecord {
+    pub fn new(id: String, fingerprint: String) -> Self {
+        ApplyRecord {
+            id,
+            fingerprint,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            started: Utc::now(),
+            finished: None,
+            status: ApplyStatus::Running,
+            steps: BTreeMap::new(),
+            rollback: None,
+        }
+    }
+
+    pub fn step(&self, key: &StepKey) -> Option<&StepRecord> {
+        self.steps.get(key)
+    }
+
+    /// The version this apply left `table` at: the newest version any of
+    /// its steps on that table recorded (`None` if none wrote it).
+    pub fn version_left(&self, table: &str) -> Option<TableVersion> {
+        self.steps
+            .iter()
+            .filter(|(k, _)| k.table() == Some(table))
+            .filter_map(|(_, r)| r.version_after)
+            .max_by_key(|v| v.version)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,20 +190,32 @@ pub struct RollbackRecord {
     pub tables: BTreeMap<String, String>,
 }
 
-/// The whole state document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Every apply recorded for one plan and target, oldest first.
+#[derive(Debug, Clone)]
 pub struct State {
-    pub format: u32,
     pub plan: String,
     pub target: String,
     pub applies: Vec<ApplyRecord>,
 }
 
-/// The state file and lock of one plan.
+/// `target.json`: what a state directory belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TargetDoc {
+    format: u32,
+    plan: String,
+    target: String,
+}
+
+/// The state directory and lock of one plan on one target.
 #[derive(Debug, Clone)]
 pub struct StateStore {
+    /// `<state dir>/<plan>-<key>`.
     pub dir: PathBuf,
+    /// The plan's `state.path`.
+    pub root: PathBuf,
     pub plan: String,
+    /// The resolved target URI.
+    pub target: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,17 +226,47 @@ pub struct LockHolder {
     pub started: DateTime<Utc>,
 }
 
-/// A held lock; released on drop.
+/// A held lock; released (and its holder record cleared) on drop.
 #[derive(Debug)]
 pub struct Lock {
-    path: PathBuf,
+    file: std::fs::File,
     pub holder: LockHolder,
+    /// The holder found in the file when the lock was taken: a process
+    /// that ended without releasing it.
+    pub crashed: Option<LockHolder>,
+}
+
+impl Lock {
+    /// Names the apply holding the lock (known only after the lock is held
+    /// and the state read).
+    pub fn set_apply(&mut self, apply_id: &str) -> Result<(), std::io::Error> {
+        self.holder.apply_id = apply_id.to_string();
+        write_holder(&mut self.file, Some(&self.holder))
+    }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Still held here, so no other process reads a half-cleared record.
+        let _ = write_holder(&mut self.file, None);
+        let _ = self.file.unlock();
     }
+}
+
+fn write_holder(file: &mut std::fs::File, holder: Option<&LockHolder>) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    if let Some(h) = holder {
+        file.write_all(&serde_json::to_vec(h).expect("holder serializes"))?;
+    }
+    file.sync_all()
+}
+
+fn read_holder(file: &mut std::fs::File) -> Option<LockHolder> {
+    let mut text = String::new();
+    file.seek(std::io::SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 pub fn hostname() -> String {
@@ -158,21 +274,6 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Whether `pid` is a running process on this host. A zombie (killed, not
-/// yet reaped) counts as dead: it will never release its lock.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => {
-            // Format: `pid (comm) state ...`; comm may contain spaces.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        }
-    }
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
@@ -192,133 +293,274 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The target URI as the state keys it: a local path absolute and
+/// normalized (`./out/../db` and `/abs/db` are one target when they name
+/// the same path), an object-store URI as written without a trailing `/`.
+/// Symlinks are not resolved: the key must not change when the directory
+/// comes into existence.
+pub fn resolve_target(uri: &str) -> String {
+    if uri.contains("://") {
+        return uri.trim_end_matches('/').to_string();
+    }
+    let path = Path::new(uri);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(path)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out.display().to_string()
+}
+
+/// 16 hex digits of the SHA-256 of the resolved target.
+pub fn target_key(resolved: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(resolved.as_bytes())[..8])
+}
+
 impl StateStore {
-    pub fn new(dir: impl Into<PathBuf>, plan: &str) -> Self {
+    /// The record of `plan` on `target_uri` under the state directory `root`.
+    pub fn new(root: impl Into<PathBuf>, plan: &str, target_uri: &str) -> Self {
+        let root = root.into();
+        let target = resolve_target(target_uri);
         StateStore {
-            dir: dir.into(),
+            dir: root.join(format!("{plan}-{}", target_key(&target))),
+            root,
             plan: plan.to_string(),
+            target,
         }
     }
 
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.state.json", self.plan))
+    pub fn for_plan(plan: &crate::plan::Plan) -> Self {
+        StateStore::new(&plan.state_dir, &plan.name, &plan.target.uri)
     }
 
     pub fn lock_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.lock", self.plan))
+        self.dir.join("lock")
     }
 
-    pub fn load(&self, target: &str) -> Result<State, StateError> {
-        let path = self.state_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(State {
-                    format: STATE_FORMAT,
-                    plan: self.plan.clone(),
-                    target: target.to_string(),
-                    applies: Vec::new(),
-                });
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
+    fn target_path(&self) -> PathBuf {
+        self.dir.join("target.json")
+    }
+
+    fn apply_path(&self, id: &str) -> PathBuf {
+        self.dir.join("applies").join(format!("{id}.json"))
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StateError> {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
         let probe: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        let found = probe.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
-        if found > STATE_FORMAT {
-            return Err(StateError::TooNew { path, found });
+        if let Some(found) = probe.get("format").and_then(|f| f.as_u64())
+            && found > STATE_FORMAT as u64
+        {
+            return Err(StateError::TooNew {
+                path: path.to_path_buf(),
+                found: found as u32,
+            });
         }
         serde_json::from_value(probe).map_err(|e| StateError::Corrupt {
-            path,
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })
     }
 
-    pub fn save(&self, state: &State) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
-        write_atomic(&self.state_path(), &bytes)
+    /// Every apply recorded for this plan and target, oldest first. A
+    /// target never applied has none (and nothing is written).
+    pub fn load(&self) -> Result<State, StateError> {
+        let mut state = State {
+            plan: self.plan.clone(),
+            target: self.target.clone(),
+            applies: Vec::new(),
+        };
+        let tpath = self.target_path();
+        if !tpath.exists() {
+            return self.legacy().map(|applies| State { applies, ..state });
+        }
+        let doc: TargetDoc = Self::read_json(&tpath)?;
+        if doc.target != self.target {
+            return Err(StateError::OtherTarget {
+                path: self.dir.clone(),
+                recorded: doc.target,
+                target: self.target.clone(),
+            });
+        }
+        let dir = self.dir.join("applies");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        for e in entries {
+            let path = e.map_err(io(&dir))?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                state.applies.push(Self::read_json(&path)?);
+            }
+        }
+        state
+            .applies
+            .sort_by(|a, b| (a.started, &a.id).cmp(&(b.started, &b.id)));
+        Ok(state)
     }
 
-    fn read_holder(&self) -> Option<LockHolder> {
-        let text = std::fs::read_to_string(self.lock_path()).ok()?;
-        serde_json::from_str(&text).ok()
+    /// The applies of a format-1 record (`<plan>.state.json`, one per plan
+    /// name) if it was written for this target; they are imported when the
+    /// next document is saved.
+    fn legacy(&self) -> Result<Vec<ApplyRecord>, StateError> {
+        #[derive(Deserialize)]
+        struct V1 {
+            target: String,
+            applies: Vec<ApplyRecord>,
+        }
+        let path = self.root.join(format!("{}.state.json", self.plan));
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let v1: V1 = Self::read_json(&path)?;
+        if resolve_target(&v1.target) != self.target {
+            return Ok(Vec::new());
+        }
+        Ok(v1.applies)
     }
 
-    /// Takes the lock, waiting up to `timeout` for another holder.
-    pub fn lock(&self, apply_id: &str, timeout: Duration) -> Result<Lock, StateError> {
+    /// Saves one apply's document (and, the first time, `target.json` and
+    /// any format-1 history of this target).
+    pub fn save(&self, rec: &ApplyRecord) -> Result<(), StateError> {
+        if !self.target_path().exists() {
+            for old in self.legacy()? {
+                if old.id != rec.id {
+                    self.write_apply(&old)?;
+                }
+            }
+            let doc = TargetDoc {
+                format: STATE_FORMAT,
+                plan: self.plan.clone(),
+                target: self.target.clone(),
+            };
+            self.write_apply(rec)?;
+            return write_atomic(
+                &self.target_path(),
+                &serde_json::to_vec_pretty(&doc).expect("target serializes"),
+            );
+        }
+        self.write_apply(rec)
+    }
+
+    fn write_apply(&self, rec: &ApplyRecord) -> Result<(), StateError> {
+        let mut value = serde_json::to_value(rec).expect("apply serializes");
+        value["format"] = STATE_FORMAT.into();
+        write_atomic(
+            &self.apply_path(&rec.id),
+            &serde_json::to_vec_pretty(&value).expect("apply serializes"),
+        )
+    }
+
+    fn open_lock_file(&self) -> Result<std::fs::File, StateError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.lock_path();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))
+    }
+
+    /// Takes the lock, waiting up to `timeout` for another holder. Blocks:
+    /// call it from a blocking thread in async code.
+    pub fn lock(&self, timeout: Duration) -> Result<Lock, StateError> {
+        let mut file = self.open_lock_file()?;
+        let path = self.lock_path();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= deadline {
+                        return Err(StateError::Locked {
+                            plan: self.plan.clone(),
+                            target: self.target.clone(),
+                            holder: read_holder(&mut file),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+        }
+        let crashed = read_holder(&mut file);
+        if let Some(c) = &crashed {
+            tracing::warn!(
+                "apply `{}` (pid {} on `{}`) ended without releasing its lock; taking it",
+                c.apply_id,
+                c.pid,
+                c.host
+            );
+        }
         let holder = LockHolder {
-            apply_id: apply_id.to_string(),
+            apply_id: String::new(),
             pid: std::process::id(),
             host: hostname(),
             started: Utc::now(),
         };
-        let deadline = Instant::now() + timeout;
-        loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let bytes = serde_json::to_vec(&holder).expect("holder serializes");
-                    f.write_all(&bytes).map_err(io(&path))?;
-                    f.sync_all().map_err(io(&path))?;
-                    return Ok(Lock { path, holder });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    match self.read_holder() {
-                        Some(other) if other.host == holder.host && !process_alive(other.pid) => {
-                            tracing::warn!(
-                                "taking over the lock of apply `{}` (pid {} is no longer running on this host)",
-                                other.apply_id,
-                                other.pid
-                            );
-                            eprintln!(
-                                "warning: taking over the lock of apply `{}`: its process {} is no longer running",
-                                other.apply_id, other.pid
-                            );
-                            let _ = std::fs::remove_file(&path);
-                            continue;
-                        }
-                        Some(other) => {
-                            if Instant::now() >= deadline {
-                                return Err(StateError::Locked {
-                                    plan: self.plan.clone(),
-                                    holder: other,
-                                });
-                            }
-                        }
-                        // Being written right now, or unreadable: wait and look again.
-                        None => {
-                            if Instant::now() >= deadline {
-                                let _ = std::fs::remove_file(&path);
-                                continue;
-                            }
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(io(&path)(e)),
-            }
-        }
+        write_holder(&mut file, Some(&holder)).map_err(io(&path))?;
+        Ok(Lock {
+            file,
+            holder,
+            crashed,
+        })
     }
 
-    /// Breaks the lock held by apply `id`.
+    /// `lanceferry unlock`: clears the holder record of apply `id` when its
+    /// process is gone. A running holder cannot be unlocked (its lock is
+    /// the kernel's), and a crashed one already released it; this only
+    /// tidies the record it left.
     pub fn unlock(&self, id: &str) -> Result<LockHolder, StateError> {
-        match self.read_holder() {
-            Some(h) if h.apply_id == id => {
-                std::fs::remove_file(self.lock_path()).map_err(io(&self.lock_path()))?;
-                Ok(h)
+        let mut file = self.open_lock_file()?;
+        let found = read_holder(&mut file);
+        match file.try_lock() {
+            Ok(()) => {
+                let result = match found {
+                    Some(h) if h.apply_id == id => {
+                        write_holder(&mut file, None).map_err(io(&self.lock_path()))?;
+                        Ok(h)
+                    }
+                    other => Err(StateError::NotLocked {
+                        plan: self.plan.clone(),
+                        id: id.to_string(),
+                        found: other,
+                    }),
+                };
+                let _ = file.unlock();
+                result
             }
-            _ => Err(StateError::NotLocked {
-                plan: self.plan.clone(),
-                id: id.to_string(),
-            }),
+            Err(std::fs::TryLockError::WouldBlock) => match found {
+                Some(holder) => Err(StateError::HeldByLiveProcess {
+                    plan: self.plan.clone(),
+                    holder,
+                }),
+                None => Err(StateError::Locked {
+                    plan: self.plan.clone(),
+                    target: self.target.clone(),
+                    holder: None,
+                }),
+            },
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&self.lock_path())(e)),
         }
     }
 }
@@ -340,51 +582,174 @@ pub fn new_apply_id() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lock_is_exclusive_and_names_its_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path(), "p");
-        let held = store.lock("a1", Duration::from_millis(0)).unwrap();
-        let err = store.lock("a2", Duration::from_millis(300)).unwrap_err();
-        assert!(err.to_string().contains("locked by apply `a1`"), "{err}");
-        drop(held);
-        store.lock("a2", Duration::from_millis(0)).unwrap();
+    fn record(id: &str) -> ApplyRecord {
+        ApplyRecord::new(id.into(), "f".into())
     }
 
     #[test]
-    fn a_dead_holder_on_this_host_is_taken_over() {
+    fn lock_is_exclusive_and_names_its_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path(), "p");
+        let store = StateStore::new(dir.path(), "p", "/db");
+        let mut held = store.lock(Duration::from_millis(0)).unwrap();
+        held.set_apply("a1").unwrap();
+        let err = store.lock(Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().contains("locked by apply `a1`"), "{err}");
+        // A running holder is not unlocked by hand.
+        let err = store.unlock("a1").unwrap_err();
+        assert!(matches!(err, StateError::HeldByLiveProcess { .. }), "{err}");
+        drop(held);
+        let again = store.lock(Duration::from_millis(0)).unwrap();
+        assert_eq!(again.crashed, None, "a released lock leaves no holder");
+        assert!(store.lock_path().exists(), "the lock file is never deleted");
+    }
+
+    #[test]
+    fn a_holder_that_vanished_is_reported_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path(), "p", "/db");
+        std::fs::create_dir_all(&store.dir).unwrap();
         let dead = LockHolder {
             apply_id: "old".into(),
             pid: 999_999_999,
             host: hostname(),
             started: Utc::now(),
         };
+        // What a killed holder leaves: its record, and no kernel lock.
         std::fs::write(store.lock_path(), serde_json::to_vec(&dead).unwrap()).unwrap();
-        let lock = store.lock("new", Duration::from_millis(0)).unwrap();
-        assert_eq!(lock.holder.apply_id, "new");
+        let mut lock = store.lock(Duration::from_millis(0)).unwrap();
+        assert_eq!(
+            lock.crashed.as_ref().map(|h| h.apply_id.as_str()),
+            Some("old")
+        );
+        lock.set_apply("new").unwrap();
+        drop(lock);
+        // `unlock` tidies a dead holder's record, and only the named one.
+        std::fs::write(store.lock_path(), serde_json::to_vec(&dead).unwrap()).unwrap();
+        assert!(matches!(
+            store.unlock("other").unwrap_err(),
+            StateError::NotLocked { .. }
+        ));
+        assert_eq!(store.unlock("old").unwrap().apply_id, "old");
     }
 
     #[test]
-    fn state_round_trips_atomically() {
+    fn the_lock_is_exclusive_between_processes_threads_and_handles() {
+        // flock locks belong to open file descriptions: a second handle in
+        // the same process is refused like another process would be.
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path(), "p");
-        let mut s = store.load("uri").unwrap();
-        assert!(s.applies.is_empty());
-        s.applies.push(ApplyRecord {
-            id: "x".into(),
-            fingerprint: "f".into(),
-            tool_version: "0".into(),
-            started: Utc::now(),
-            finished: None,
-            status: ApplyStatus::Running,
-            steps: BTreeMap::new(),
-            rollback: None,
+        let store = StateStore::new(dir.path(), "p", "/db");
+        let held = std::sync::atomic::AtomicUsize::new(0);
+        let max = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let _l = store.lock(Duration::from_secs(30)).unwrap();
+                    let now = held.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    max.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
         });
-        store.save(&s).unwrap();
-        assert_eq!(store.load("uri").unwrap().applies[0].id, "x");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+        assert_eq!(max.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn state_is_one_document_per_apply_and_per_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = StateStore::new(dir.path(), "p", "/envs/dev/db");
+        let prod = StateStore::new(dir.path(), "p", "/envs/prod/db");
+        assert_ne!(dev.dir, prod.dir);
+        assert!(dev.load().unwrap().applies.is_empty());
+        assert!(!dev.dir.exists(), "loading writes nothing");
+        let mut a = record("20260101T000000Z-0001");
+        dev.save(&a).unwrap();
+        a.status = ApplyStatus::Completed;
+        dev.save(&a).unwrap();
+        dev.save(&record("20260102T000000Z-0002")).unwrap();
+        let loaded = dev.load().unwrap();
+        assert_eq!(loaded.applies.len(), 2);
+        assert_eq!(loaded.applies[0].status, ApplyStatus::Completed);
+        assert!(prod.load().unwrap().applies.is_empty());
+        let files: Vec<_> = std::fs::read_dir(dev.dir.join("applies"))
+            .unwrap()
+            .collect();
+        assert_eq!(files.len(), 2, "no temp files left behind");
+    }
+
+    #[test]
+    fn a_record_of_another_target_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = StateStore::new(dir.path(), "p", "/envs/dev/db");
+        dev.save(&record("x")).unwrap();
+        let mut forged = StateStore::new(dir.path(), "p", "/envs/prod/db");
+        forged.dir = dev.dir.clone();
+        assert!(matches!(
+            forged.load().unwrap_err(),
+            StateError::OtherTarget { .. }
+        ));
+    }
+
+    #[test]
+    fn targets_resolve_to_one_key_per_location() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            resolve_target("./out/../db"),
+            cwd.join("db").display().to_string()
+        );
+        assert_eq!(resolve_target("/a/./b/"), "/a/b");
+        assert_eq!(resolve_target("s3://bucket/db/"), "s3://bucket/db");
+        assert_eq!(target_key("/a/b").len(), 16);
+        assert_ne!(target_key("/a/b"), target_key("/a/c"));
+    }
+
+    #[test]
+    fn format_1_history_of_this_target_is_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = serde_json::json!({
+            "format": 1, "plan": "p", "target": "/envs/dev/db",
+            "applies": [record("old")],
+        });
+        std::fs::write(dir.path().join("p.state.json"), v1.to_string()).unwrap();
+        let dev = StateStore::new(dir.path(), "p", "/envs/dev/db");
+        let prod = StateStore::new(dir.path(), "p", "/envs/prod/db");
+        assert_eq!(dev.load().unwrap().applies.len(), 1);
+        assert!(prod.load().unwrap().applies.is_empty());
+        dev.save(&record("new")).unwrap();
+        let ids: Vec<String> = dev
+            .load()
+            .unwrap()
+            .applies
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert!(ids.contains(&"old".to_string()) && ids.contains(&"new".to_string()));
+    }
+
+    #[test]
+    fn version_left_belongs_to_the_named_table_only() {
+        let mut a = record("x");
+        let v = |version| Some(TableVersion { version, rows: 1 });
+        a.steps.insert(
+            StepKey::Index {
+                table: "docs".into(),
+                column: "vector".into(),
+                index: crate::plan::IndexType::IvfPq,
+            },
+            StepRecord {
+                version_after: v(9),
+                ..Default::default()
+            },
+        );
+        a.steps.insert(
+            StepKey::copy("vector"),
+            StepRecord {
+                version_after: v(2),
+                ..Default::default()
+            },
+        );
+        assert_eq!(a.version_left("vector").map(|v| v.version), Some(2));
+        assert_eq!(a.version_left("docs").map(|v| v.version), Some(9));
+        assert_eq!(a.version_left("other"), None);
     }
 }

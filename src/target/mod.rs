@@ -39,6 +39,28 @@ pub enum TargetError {
     },
 }
 
+/// A SQL filter selecting rows whose `column` is one of `ids` (quotes
+/// doubled, so ids holding `'`, `\`, `;` or `"` select themselves only).
+pub fn id_filter(column: &str, ids: &[String]) -> String {
+    let list: Vec<String> = ids
+        .iter()
+        .map(|id| format!("'{}'", id.replace('\'', "''")))
+        .collect();
+    format!("`{column}` IN ({})", list.join(","))
+}
+
+pub use crate::hash::id_hash;
+
+/// The string values of an id column: `Utf8` or `LargeUtf8` (a table made
+/// by another tool may use either), one `Option<&str>` a row.
+pub fn string_values(a: &dyn arrow_array::Array) -> Option<Vec<Option<&str>>> {
+    use arrow_array::cast::AsArray;
+    if let Some(s) = a.as_string_opt::<i32>() {
+        return Some(s.iter().collect());
+    }
+    a.as_string_opt::<i64>().map(|s| s.iter().collect())
+}
+
 /// A connected LanceDB database.
 #[derive(Clone)]
 pub struct LanceTarget {
@@ -253,6 +275,89 @@ impl LanceTarget {
             .version(name)
             .await?
             .expect("the table was just written"))
+    }
+
+    /// The 64-bit hashes of every id in `column` (8 bytes a row).
+    pub async fn id_hashes(
+        &self,
+        name: &str,
+        column: &str,
+    ) -> Result<std::collections::HashSet<u64>, TargetError> {
+        use futures::TryStreamExt;
+        use lancedb::query::{ExecutableQuery, QueryBase, Select};
+        let mut out = std::collections::HashSet::new();
+        let Some(t) = self.open(name).await? else {
+            return Ok(out);
+        };
+        let read = || {
+            self.err(
+                format!("reading the ids of `{name}`"),
+                "retry; if it persists the table may be damaged",
+            )
+        };
+        let mut batches = t
+            .query()
+            .select(Select::columns(&[column]))
+            .execute()
+            .await
+            .map_err(read())?;
+        while let Some(b) = batches.try_next().await.map_err(read())? {
+            let values = string_values(b.column(0).as_ref())
+                .ok_or_else(|| self.not_string(name, column, b.column(0).data_type()))?;
+            out.extend(values.into_iter().flatten().map(id_hash));
+        }
+        Ok(out)
+    }
+
+    /// The error for an id column that does not hold strings.
+    pub fn not_string(&self, name: &str, column: &str, ty: &arrow_schema::DataType) -> TargetError {
+        TargetError::Lance {
+            uri: self.uri.clone(),
+            action: format!("reading the id column `{column}` of `{name}`"),
+            hint: format!(
+                "the column holds `{ty}`, not strings; the table was not made by this plan: choose another `table:`, or `mode: replace`"
+            ),
+            source: lancedb::Error::InvalidInput {
+                message: format!("`{column}` is `{ty}`"),
+            },
+        }
+    }
+
+    /// How many rows have one of `ids` in `column`.
+    pub async fn count_ids(
+        &self,
+        name: &str,
+        column: &str,
+        ids: &[String],
+    ) -> Result<u64, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for chunk in ids.chunks(1000) {
+            n += t
+                .count_rows(Some(id_filter(column, chunk)))
+                .await
+                .map_err(self.err(format!("counting ids in `{name}`"), "retry"))?
+                as u64;
+        }
+        Ok(n)
+    }
+
+    /// The table as it was at `version` (read only).
+    pub async fn open_at(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<lancedb::Table>, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(None);
+        };
+        t.checkout(version).await.map_err(self.err(
+            format!("reading version {version} of `{name}`"),
+            "the version may have been cleaned up (`optimize` with a short retention); re-run with a plan that does not need it",
+        ))?;
+        Ok(Some(t))
     }
 
     /// Creates an empty table with the schema (for upsert into a new table).

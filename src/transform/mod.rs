@@ -400,6 +400,21 @@ fn list_column<B: ArrayBuilder>(
     Arc::new(bld.finish())
 }
 
+/// The largest magnitude below which every integer is exactly a float64.
+const EXACT_FLOAT_INT: i64 = 1 << 53;
+
+/// An int as float64, only if the conversion is exact: beyond 2^53 a
+/// float64 cannot hold every integer, and rounding is not a coercion.
+fn exact_float(i: i64) -> Result<f64, String> {
+    if i.unsigned_abs() <= EXACT_FLOAT_INT as u64 {
+        Ok(i as f64)
+    } else {
+        Err(format!(
+            "int `{i}` is beyond 2^53 and would be rounded as float64; use an `int64` column (or `string`) for it"
+        ))
+    }
+}
+
 /// Type rules for one metadata value (see the module docs).
 fn convert<'a>(v: Cow<'a, MetaValue>, ty: ColumnType, coerce: bool) -> Result<Cell<'a>, String> {
     let wrong = |v: &MetaValue| format!("expected {ty}, found {} `{}`", v.type_name(), v.to_json());
@@ -431,9 +446,14 @@ fn convert<'a>(v: Cow<'a, MetaValue>, ty: ColumnType, coerce: bool) -> Result<Ce
                 _ => "bool",
             };
             for it in items {
-                let ok = it.type_name() == want
-                    || (coerce && want == "float" && it.type_name() == "int");
-                if !ok {
+                if coerce
+                    && want == "float"
+                    && let MetaValue::Int(i) = it
+                {
+                    exact_float(*i)?;
+                    continue;
+                }
+                if it.type_name() != want {
                     return Err(format!(
                         "expected {t}, found a list holding {} `{}`",
                         it.type_name(),
@@ -444,7 +464,7 @@ fn convert<'a>(v: Cow<'a, MetaValue>, ty: ColumnType, coerce: bool) -> Result<Ce
             Cell::List(list_of(v))
         }
         (t, val) if coerce => match (t, val) {
-            (ColumnType::Float64, MetaValue::Int(i)) => Cell::Float(*i as f64),
+            (ColumnType::Float64, MetaValue::Int(i)) => Cell::Float(exact_float(*i)?),
             (ColumnType::String, MetaValue::Int(i)) => Cell::Str(Cow::Owned(i.to_string())),
             // A float becomes the same text JSON prints for it.
             (ColumnType::String, MetaValue::Float(f)) => Cell::Str(Cow::Owned(
@@ -678,5 +698,26 @@ mod tests {
             )]))
             .unwrap_err();
         assert!(e.reason.contains("list holding int"), "{e}");
+    }
+
+    #[test]
+    fn coerce_to_float_refuses_what_it_would_round() {
+        assert_eq!(exact_float(1 << 53), Ok(9_007_199_254_740_992.0));
+        assert_eq!(exact_float(-(1 << 53)), Ok(-9_007_199_254_740_992.0));
+        let err = exact_float((1 << 53) + 1).unwrap_err();
+        assert!(err.contains("2^53"), "{err}");
+        assert!(exact_float(i64::MIN).is_err());
+        let one = |v| convert(Cow::Owned(MetaValue::Int(v)), ColumnType::Float64, true);
+        assert!(matches!(one(3), Ok(Cell::Float(f)) if f == 3.0));
+        assert!(one(9_007_199_254_740_993).is_err());
+        let list = convert(
+            Cow::Owned(MetaValue::List(vec![
+                MetaValue::Int(1),
+                MetaValue::Int(i64::MAX),
+            ])),
+            ColumnType::ListFloat64,
+            true,
+        );
+        assert!(list.is_err());
     }
 }

@@ -10,14 +10,13 @@ pub mod values;
 
 use std::collections::{HashMap, HashSet};
 
-use arrow_array::Array;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use serde::Serialize;
 
 use crate::plan::{Collection, CountRule};
 use crate::source::{Source, SourceError};
-use crate::target::{LanceTarget, TargetError};
+use crate::target::{LanceTarget, TableVersion, TargetError};
 
 /// How many example ids a report lists.
 const EXAMPLES: usize = 10;
@@ -59,15 +58,14 @@ impl Verification {
     }
 }
 
-/// What the id check knows of an id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    /// A source id the table has not shown yet.
-    Expected,
-    /// A source id found in the table.
-    InTable,
-    /// An id the table holds and the source does not.
-    Other,
+/// What the id check knows of an id: whether the source has it (to copy),
+/// and how many rows hold it in the table, before the apply (`append`) and
+/// now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Seen {
+    source: bool,
+    before: u32,
+    now: u32,
 }
 
 /// Rows a table may hold besides the source's records.
@@ -75,23 +73,55 @@ enum Seen {
 pub enum Others {
     /// None (`create`, `replace`): the table is exactly the source.
     None,
-    /// `append`: the rows it had before the apply, however many.
-    Before(u64),
+    /// `append`: the rows of the table at this version (before the apply),
+    /// whatever they are. The rows the apply added hold every source id
+    /// exactly once: an id's rows now minus its rows then is 1.
+    Before(TableVersion),
     /// `upsert`: any rows with other ids (the merge keeps them); each
     /// source id must be there exactly once.
     Any,
 }
 
 impl Others {
-    /// How a collection's mode scopes its table; `before` is the row count
-    /// the apply's snapshot found.
-    pub fn for_mode(mode: crate::plan::Mode, before: u64) -> Self {
-        match mode {
-            crate::plan::Mode::Append => Others::Before(before),
-            crate::plan::Mode::Upsert => Others::Any,
-            crate::plan::Mode::Create | crate::plan::Mode::Replace => Others::None,
+    /// How a collection's mode scopes its table; `before` is the table the
+    /// apply's snapshot found.
+    pub fn for_mode(mode: crate::plan::Mode, before: Option<TableVersion>) -> Self {
+        match (mode, before) {
+            (crate::plan::Mode::Append, Some(b)) if b.rows > 0 => Others::Before(b),
+            (crate::plan::Mode::Append, _) => Others::None,
+            (crate::plan::Mode::Upsert, _) => Others::Any,
+            (crate::plan::Mode::Create | crate::plan::Mode::Replace, _) => Others::None,
         }
     }
+}
+
+/// Streams the id column of `table`, calling `each` with every id.
+async fn scan_ids(
+    target: &LanceTarget,
+    table: &lancedb::Table,
+    name: &str,
+    id_col: &str,
+    mut each: impl FnMut(&str),
+) -> Result<(), VerifyError> {
+    let read_err = |source| VerifyError::Read {
+        table: name.to_string(),
+        source,
+    };
+    let mut batches = table
+        .query()
+        .select(Select::columns(&[id_col]))
+        .execute()
+        .await
+        .map_err(read_err)?;
+    while let Some(b) = batches.try_next().await.map_err(read_err)? {
+        let col = b.column(0);
+        let ids = crate::target::string_values(col.as_ref())
+            .ok_or_else(|| target.not_string(name, id_col, col.data_type()))?;
+        for id in ids {
+            each(id.unwrap_or(""));
+        }
+    }
+    Ok(())
 }
 
 /// Compares a table with its source collection by count and id set.
@@ -116,73 +146,72 @@ pub async fn verify_ids(
         source_count += batch.len() as u64;
         for id in batch {
             if !skipped_ids.contains(&id) {
-                known.insert(id, Seen::Expected);
+                known.entry(id).or_default().source = true;
             }
         }
     }
     let expected_skipped = source_count - known.len() as u64;
 
-    let table = target.open(&c.table).await?;
+    // `append`: how often each source id was in the table before.
+    if let Others::Before(b) = others
+        && let Some(t) = target.open_at(&c.table, b.version).await?
+    {
+        scan_ids(target, &t, &c.table, &id_col, |id| {
+            if let Some(seen) = known.get_mut(id) {
+                seen.before += 1;
+            }
+        })
+        .await?;
+    }
+
     let mut target_count = 0u64;
-    // Rows whose id is a source id seen before, and rows of other ids
-    // (first sightings and repeats).
-    let mut dup_source = 0u64;
-    let mut other_rows = 0u64;
-    let mut dup_other = 0u64;
     let mut extra = Vec::new();
-    let mut extra_count = 0u64;
-    if let Some(t) = table {
-        let mut batches = t
-            .query()
-            .select(Select::columns(&[id_col.as_str()]))
-            .execute()
-            .await
-            .map_err(|source| VerifyError::Read {
-                table: c.table.clone(),
-                source,
-            })?;
-        while let Some(b) = batches
-            .try_next()
-            .await
-            .map_err(|source| VerifyError::Read {
-                table: c.table.clone(),
-                source,
-            })?
-        {
-            let ids = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow_array::StringArray>()
-                .expect("the id column is a string column");
-            for i in 0..ids.len() {
-                target_count += 1;
-                let id = ids.value(i);
-                match known.get_mut(id) {
-                    Some(seen @ &mut Seen::Expected) => *seen = Seen::InTable,
-                    Some(Seen::InTable) => dup_source += 1,
-                    Some(Seen::Other) => {
-                        other_rows += 1;
-                        dup_other += 1;
+    if let Some(t) = target.open(&c.table).await? {
+        scan_ids(target, &t, &c.table, &id_col, |id| {
+            target_count += 1;
+            match known.get_mut(id) {
+                Some(seen) => seen.now += 1,
+                None => {
+                    if extra.len() < EXAMPLES {
+                        extra.push(id.to_string());
                     }
-                    None => {
-                        known.insert(id.to_string(), Seen::Other);
-                        other_rows += 1;
-                        extra_count += 1;
-                        if extra.len() < EXAMPLES {
-                            extra.push(id.to_string());
-                        }
-                    }
+                    known.insert(
+                        id.to_string(),
+                        Seen {
+                            now: 1,
+                            ..Default::default()
+                        },
+                    );
                 }
             }
+        })
+        .await?;
+    }
+    // Per source id, the rows this check is about: all of them, or (append)
+    // those beyond the ones it had before.
+    let added = |s: &Seen| match others {
+        Others::Before(_) => s.now.saturating_sub(s.before),
+        _ => s.now,
+    };
+    let mut missing_examples = Vec::new();
+    let (mut missing, mut dup_source, mut other_rows, mut extra_count, mut dup_other) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (id, s) in &known {
+        if s.source {
+            match added(s) {
+                0 => {
+                    missing += 1;
+                    missing_examples.push(id.clone());
+                }
+                n => dup_source += u64::from(n - 1),
+            }
+        } else {
+            other_rows += u64::from(s.now);
+            extra_count += 1;
+            dup_other += u64::from(s.now.saturating_sub(1));
         }
     }
     let duplicates = dup_source + dup_other;
-    let mut missing_examples: Vec<String> = known
-        .into_iter()
-        .filter(|(_, seen)| *seen == Seen::Expected)
-        .map(|(id, _)| id)
-        .collect();
-    let missing = missing_examples.len() as u64;
     missing_examples.sort();
     missing_examples.truncate(EXAMPLES);
 
@@ -191,9 +220,9 @@ pub async fn verify_ids(
     // The rows the count rule is about, and what they are compared with.
     let (rows, want, what) = match others {
         Others::None => (target_count, want, "rows"),
-        Others::Before(n) => (
+        Others::Before(b) => (
             target_count,
-            want + n,
+            want + b.rows,
             "rows (with those from before the apply)",
         ),
         Others::Any => (target_count - other_rows, want, "rows with source ids"),
@@ -227,6 +256,9 @@ pub async fn verify_ids(
             Others::Any if dup_source > 0 => {
                 breaches.push(format!("ids: {dup_source} duplicate rows of source ids"))
             }
+            Others::Before(_) if dup_source > 0 => breaches.push(format!(
+                "ids: {dup_source} source records were added more than once"
+            )),
             _ => {}
         }
     }
@@ -291,10 +323,10 @@ pub async fn verify_collection(
 }
 
 /// `lanceferry verify`: every collection of a plan against its table.
-/// `before` gives, per table, the rows it had before the last apply.
+/// `before` gives, per table, the table before the last apply.
 pub async fn verify_plan(
     plan: &crate::plan::Plan,
-    before: &HashMap<String, u64>,
+    before: &HashMap<String, TableVersion>,
 ) -> Result<Vec<CollectionVerification>, VerifyError> {
     let source = crate::source::open(&plan.source)?;
     let target = LanceTarget::connect(&plan.target).await?;
@@ -318,7 +350,7 @@ pub async fn verify_plan(
                 }
             }
         }
-        let others = Others::for_mode(c.mode, before.get(&c.table).copied().unwrap_or(0));
+        let others = Others::for_mode(c.mode, before.get(&c.table).copied());
         out.push(verify_collection(source.as_ref(), &target, c, &skipped, others).await?);
     }
     Ok(out)

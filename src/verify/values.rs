@@ -8,7 +8,6 @@
 //! table, holding only that bucket's records.
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 
 use arrow::util::display::array_value_to_string;
 use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch};
@@ -57,10 +56,11 @@ pub struct ValueCheck {
     pub breaches: Vec<String>,
 }
 
+/// The seeded hash that picks a sample and splits buckets: fixed across
+/// Rust releases (see [`crate::hash`]), so `seed: 7` samples the same
+/// records on every machine and every version.
 fn hash64(seed: u64, salt: u64, id: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (seed, salt, id).hash(&mut h);
-    h.finish()
+    crate::hash::hash64(&[&seed.to_le_bytes(), &salt.to_le_bytes(), id.as_bytes()])
 }
 
 fn cell(a: &dyn Array, i: usize) -> String {
@@ -429,11 +429,7 @@ pub async fn verify_values(
                 if let Ok(t) = transformer.transform(b) {
                     layout.collect(&t.batch, &|_| true, &mut expected);
                 }
-                let list: Vec<String> = chunk
-                    .iter()
-                    .map(|id| format!("'{}'", id.replace('\'', "''")))
-                    .collect();
-                let filter = format!("`{id_col}` IN ({})", list.join(","));
+                let filter = crate::target::id_filter(id_col, &chunk);
                 let mut rows = layout.scan(&table, Some(filter)).await?;
                 let mut seen = HashSet::new();
                 while let Some(batch) = rows.try_next().await.map_err(read_err)? {

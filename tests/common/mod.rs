@@ -5,8 +5,15 @@
 //! `collection.get()` returned). Fixtures are generated once by
 //! `scripts/chroma_fixtures.py` in the version's venv and cached under
 //! `$LANCEFERRY_FIXTURES` (default `~/.cache/lanceferry-fixtures`), keyed by
-//! the script's hash so a changed script regenerates them. A missing venv is
-//! created by `scripts/setup-python.sh`; if that fails, the test fails.
+//! the script's SHA-256 so a changed script regenerates them. A missing venv
+//! is created by `scripts/setup-python.sh`; if that fails, the test fails.
+//!
+//! Tests run in many threads and, under nextest or several `cargo test`
+//! binaries, in many processes at once, all starting from empty caches on a
+//! fresh machine. Every creation therefore happens under an advisory file
+//! lock in its cache root (`flock` in the script, `File::lock` here), is
+//! built in a temporary directory and renamed into place only when complete,
+//! so a directory under its final name is always whole.
 
 #![allow(dead_code)]
 
@@ -15,9 +22,27 @@ pub mod truth;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
-static LOCK: Mutex<()> = Mutex::new(());
+/// The `lanceferry` binary as a command, without color.
+pub fn lanceferry() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("lanceferry").unwrap();
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs `lanceferry ARGS` and returns what it did.
+pub fn run(args: &[&str]) -> std::process::Output {
+    lanceferry().args(args).output().unwrap()
+}
+
+/// A command's stdout then stderr, as text (for messages and `contains`).
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,6 +56,46 @@ fn home_cache(var: &str, default: &str) -> PathBuf {
     })
 }
 
+/// Holds an exclusive advisory lock on `ROOT/.lock` (created with its root)
+/// until dropped; it serialises fixture creation across threads and
+/// processes. The OS releases it if the process dies.
+struct CacheLock(std::fs::File);
+
+impl CacheLock {
+    fn take(root: &Path) -> CacheLock {
+        std::fs::create_dir_all(root).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))
+            .unwrap();
+        file.lock().expect("lock the fixture cache");
+        CacheLock(file)
+    }
+}
+
+/// Builds `dir` by running `make` on a fresh temporary directory beside it,
+/// marking it `.ready` and renaming it into place, all under the cache lock.
+/// A `dir` without the marker (left by an older helper or a killed run) is
+/// removed and rebuilt.
+fn build_once(root: &Path, dir: &Path, make: impl FnOnce(&Path)) {
+    if dir.join(".ready").exists() {
+        return;
+    }
+    let _lock = CacheLock::take(root);
+    if dir.join(".ready").exists() {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    make(&tmp);
+    std::fs::write(tmp.join(".ready"), b"").unwrap();
+    std::fs::rename(&tmp, dir).unwrap();
+}
+
 /// The venv for a chromadb version, created if absent.
 pub fn venv(version: &str) -> PathBuf {
     let root = home_cache("LANCEFERRY_VENVS", "lanceferry-venvs");
@@ -38,6 +103,7 @@ pub fn venv(version: &str) -> PathBuf {
     if !dir.join(".ready").exists() {
         let status = Command::new("bash")
             .arg(repo().join("scripts/setup-python.sh"))
+            .arg(format!("chroma-{version}"))
             .status()
             .expect("run scripts/setup-python.sh");
         assert!(
@@ -57,39 +123,30 @@ pub fn python(version: &str) -> PathBuf {
     venv(version).join("bin/python")
 }
 
+/// A stable digest of the fixture generator (SHA-256, not `DefaultHasher`,
+/// whose output may change between Rust releases and orphan every cache).
 fn script_hash() -> String {
-    use std::hash::{Hash, Hasher};
+    use sha2::Digest;
     let text = std::fs::read(repo().join("scripts/chroma_fixtures.py")).unwrap();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    format!("{:016x}", h.finish())
+    hex::encode(&sha2::Sha256::digest(&text)[..8])
 }
 
 /// A generated fixture directory for a chromadb version.
 pub fn fixture(version: &str) -> PathBuf {
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let root = home_cache("LANCEFERRY_FIXTURES", "lanceferry-fixtures");
     let dir = root.join(format!("{version}-{}", script_hash()));
-    if dir.join("truth.json").exists() {
-        return dir;
-    }
-    std::fs::create_dir_all(&root).unwrap();
-    let tmp = root.join(format!(".tmp-{version}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new(python(version))
-        .arg(repo().join("scripts/chroma_fixtures.py"))
-        .arg(&tmp)
-        .output()
-        .expect("run the fixture generator");
-    assert!(
-        out.status.success(),
-        "fixture generator failed for chromadb {version}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Another process may have won the race; either copy is the same data.
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
+    build_once(&root, &dir, |tmp| {
+        let out = Command::new(python(version))
+            .arg(repo().join("scripts/chroma_fixtures.py"))
+            .arg(tmp)
+            .output()
+            .expect("run the fixture generator");
+        assert!(
+            out.status.success(),
+            "fixture generator failed for chromadb {version}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
     dir
 }
 
@@ -115,25 +172,21 @@ pub fn truth(fixture: &Path) -> serde_json::Value {
 /// A large single-collection directory (`canvas_explanations`) written by
 /// chromadb 1.5.9 with `scripts/make_large.py`, cached like the fixtures.
 pub fn large_fixture(count: usize, dim: usize) -> PathBuf {
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let root = home_cache("LANCEFERRY_FIXTURES", "lanceferry-fixtures");
     let dir = root.join(format!("large-{count}x{dim}"));
-    if dir.join(".ready").exists() {
-        return dir;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(python("1.5.9"))
-        .arg(repo().join("scripts/make_large.py"))
-        .arg(&dir)
-        .arg(count.to_string())
-        .arg(dim.to_string())
-        .output()
-        .expect("run make_large.py");
-    assert!(
-        out.status.success(),
-        "make_large.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(dir.join(".ready"), b"").unwrap();
+    build_once(&root, &dir, |tmp| {
+        let out = Command::new(python("1.5.9"))
+            .arg(repo().join("scripts/make_large.py"))
+            .arg(tmp)
+            .arg(count.to_string())
+            .arg(dim.to_string())
+            .output()
+            .expect("run make_large.py");
+        assert!(
+            out.status.success(),
+            "make_large.py failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
     dir
 }

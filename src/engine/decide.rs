@@ -1,0 +1,305 @@
+//! What an apply will do, decided from facts, with no I/O.
+//!
+//! Two questions decide every apply, and `apply` and `plan` must answer them
+//! the same way, so they are answered here, by pure functions that are unit
+//! tested case by case:
+//!
+//! - [`apply_start`]: from the last recorded apply of this plan on this
+//!   target, the plan's fingerprint and (when needed) what the source and
+//!   the tables look like now: resume that apply, do nothing, or start a
+//!   fresh one.
+//! - [`copy_start`]: for one collection, from its mode, the table's version
+//!   before the apply (the snapshot), the table now, and for an `append`
+//!   the number of source ids already in the table: how many rows this
+//!   apply already committed (the resume cursor) and how the next commit
+//!   writes, or why the copy must not write at all.
+//!
+//! The callers gather the facts (state, `version()`, an id scan) and act on
+//! the answer; nothing here reads a store.
+
+use crate::plan::Mode;
+use crate::state::{ApplyRecord, ApplyStatus, StepKey};
+use crate::target::{Commit, TableVersion};
+
+/// What the source and a table look like now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub table: String,
+    pub source_count: u64,
+    pub now: Option<TableVersion>,
+}
+
+/// How an apply starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// Continue the interrupted apply with this id.
+    Resume(String),
+    /// The last apply (this id) left every table as the plan wants it and
+    /// nothing changed since.
+    NothingToDo(String),
+    /// A new apply.
+    Fresh,
+}
+
+/// Decides how an apply starts. `observed` is needed only when the last
+/// apply completed with this fingerprint (see [`needs_observation`]); with
+/// `None` then, the apply is fresh.
+pub fn apply_start(
+    last: Option<&ApplyRecord>,
+    fingerprint: &str,
+    observed: Option<&[Observed]>,
+) -> Start {
+    let Some(last) = last else {
+        return Start::Fresh;
+    };
+    if last.fingerprint != fingerprint {
+        return Start::Fresh;
+    }
+    match last.status {
+        ApplyStatus::Running | ApplyStatus::Failed => Start::Resume(last.id.clone()),
+        ApplyStatus::RolledBack => Start::Fresh,
+        ApplyStatus::Completed => match observed {
+            Some(obs) if !obs.is_empty() && obs.iter().all(|o| unchanged(last, o)) => {
+                Start::NothingToDo(last.id.clone())
+            }
+            _ => Start::Fresh,
+        },
+    }
+}
+
+/// Whether [`apply_start`] needs the source and tables observed.
+pub fn needs_observation(last: Option<&ApplyRecord>, fingerprint: &str) -> bool {
+    last.is_some_and(|l| l.fingerprint == fingerprint && l.status == ApplyStatus::Completed)
+}
+
+/// A table is as the last apply left it, and its source has the count the
+/// copy saw.
+fn unchanged(last: &ApplyRecord, o: &Observed) -> bool {
+    let Some(copy) = last.step(&StepKey::copy(&o.table)) else {
+        return false;
+    };
+    copy.source_count == Some(o.source_count)
+        && o.now.map(|v| v.version) == last.version_left(&o.table).map(|v| v.version)
+}
+
+/// Where a copy starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyStart {
+    /// Rows this apply already committed (skipped from the source's front).
+    pub committed: u64,
+    /// How the next commit writes.
+    pub commit: Commit,
+    /// `upsert` into a table that does not exist yet: create it empty first.
+    pub create_empty: bool,
+}
+
+/// Why a copy must not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "table `{table}` already exists and the mode is `create`\nhint: use `mode: replace` (rollback can restore the old table), `upsert` or `append`, or choose another `table:`"
+    )]
+    Exists { table: String },
+    #[error(
+        "table `{table}` already holds {overlap} of the source's ids; appending would store those records twice\nhint: use `mode: upsert` to update them in place, or pass `--allow-duplicates` if the table is meant to hold repeats"
+    )]
+    Duplicates { table: String, overlap: u64 },
+}
+
+/// Whether [`copy_start`] needs the count of source ids already in the
+/// table: a fresh `append` (nothing committed by this apply) onto rows.
+pub fn needs_overlap(mode: Mode, before: Option<TableVersion>, now: Option<TableVersion>) -> bool {
+    mode == Mode::Append
+        && matches!((before, now), (Some(b), Some(n)) if b.rows > 0 && n.version == b.version)
+}
+
+/// Decides where one collection's copy starts. `before` is the table at
+/// this apply's snapshot, `now` the table as it is; `overlap` the source
+/// ids already in the table (asked for by [`needs_overlap`]).
+///
+/// The rows this apply committed are the table's rows beyond the snapshot's
+/// (each Lance commit is atomic and the source is read in the same order
+/// every time), so a resume skips exactly that many source records.
+pub fn copy_start(
+    table: &str,
+    mode: Mode,
+    before: Option<TableVersion>,
+    now: Option<TableVersion>,
+    overlap: Option<u64>,
+    allow_duplicates: bool,
+) -> Result<CopyStart, Refusal> {
+    let start = |committed, commit| CopyStart {
+        committed,
+        commit,
+        create_empty: false,
+    };
+    match mode {
+        Mode::Create => match (before, now) {
+            (Some(_), _) => Err(Refusal::Exists {
+                table: table.into(),
+            }),
+            (None, None) => Ok(start(0, Commit::Create)),
+            (None, Some(v)) => Ok(start(v.rows, Commit::Append)),
+        },
+        Mode::Replace => match (before, now) {
+            (_, None) => Ok(start(0, Commit::Create)),
+            // Untouched since the snapshot: the first commit replaces it.
+            (Some(b), Some(v)) if v.version == b.version => Ok(start(0, Commit::Overwrite)),
+            // Written by this apply (the overwrite, then appends).
+            (_, Some(v)) => Ok(start(v.rows, Commit::Append)),
+        },
+        Mode::Append => match now {
+            None => Ok(start(0, Commit::Create)),
+            Some(v) => {
+                let base = before.map(|b| b.rows).unwrap_or(0);
+                let committed = v.rows.saturating_sub(base);
+                if committed == 0
+                    && !allow_duplicates
+                    && let Some(n) = overlap
+                    && n > 0
+                {
+                    return Err(Refusal::Duplicates {
+                        table: table.into(),
+                        overlap: n,
+                    });
+                }
+                Ok(start(committed, Commit::Append))
+            }
+        },
+        // Merging on the id is idempotent: an upsert simply starts again.
+        Mode::Upsert => Ok(CopyStart {
+            committed: 0,
+            commit: Commit::Append,
+            create_empty: now.is_none(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StepRecord;
+
+    fn v(version: u64, rows: u64) -> Option<TableVersion> {
+        Some(TableVersion { version, rows })
+    }
+
+    fn completed(fp: &str, table: &str, count: u64, left: u64) -> ApplyRecord {
+        let mut a = ApplyRecord::new("a1".into(), fp.into());
+        a.status = ApplyStatus::Completed;
+        a.steps.insert(
+            StepKey::copy(table),
+            StepRecord {
+                source_count: Some(count),
+                version_after: v(left, count),
+                ..Default::default()
+            },
+        );
+        a
+    }
+
+    fn obs(table: &str, count: u64, now: Option<TableVersion>) -> Observed {
+        Observed {
+            table: table.into(),
+            source_count: count,
+            now,
+        }
+    }
+
+    #[test]
+    fn apply_start_cases() {
+        assert_eq!(apply_start(None, "f", None), Start::Fresh);
+        let done = completed("f", "t", 10, 3);
+        assert!(needs_observation(Some(&done), "f"));
+        assert!(!needs_observation(Some(&done), "g"));
+        assert_eq!(
+            apply_start(Some(&done), "f", Some(&[obs("t", 10, v(3, 10))])),
+            Start::NothingToDo("a1".into())
+        );
+        // The source grew, someone wrote the table, or the plan changed.
+        assert_eq!(
+            apply_start(Some(&done), "f", Some(&[obs("t", 11, v(3, 10))])),
+            Start::Fresh
+        );
+        assert_eq!(
+            apply_start(Some(&done), "f", Some(&[obs("t", 10, v(4, 10))])),
+            Start::Fresh
+        );
+        assert_eq!(apply_start(Some(&done), "g", None), Start::Fresh);
+        // A table the last apply never copied is not "unchanged".
+        assert_eq!(
+            apply_start(Some(&done), "f", Some(&[obs("u", 10, v(3, 10))])),
+            Start::Fresh
+        );
+        let mut failed = done.clone();
+        failed.status = ApplyStatus::Failed;
+        assert_eq!(
+            apply_start(Some(&failed), "f", None),
+            Start::Resume("a1".into())
+        );
+        assert_eq!(apply_start(Some(&failed), "g", None), Start::Fresh);
+        let mut running = done.clone();
+        running.status = ApplyStatus::Running;
+        assert_eq!(
+            apply_start(Some(&running), "f", None),
+            Start::Resume("a1".into())
+        );
+        let mut rolled = done;
+        rolled.status = ApplyStatus::RolledBack;
+        assert_eq!(apply_start(Some(&rolled), "f", None), Start::Fresh);
+    }
+
+    #[test]
+    fn create() {
+        let c = |b, n| copy_start("t", Mode::Create, b, n, None, false);
+        assert_eq!(c(None, None).unwrap().commit, Commit::Create);
+        // Killed after 2 commits of a table this apply created.
+        let r = c(None, v(2, 2000)).unwrap();
+        assert_eq!((r.committed, r.commit), (2000, Commit::Append));
+        assert!(matches!(c(v(1, 5), v(1, 5)), Err(Refusal::Exists { .. })));
+    }
+
+    #[test]
+    fn replace() {
+        let c = |b, n| copy_start("t", Mode::Replace, b, n, None, false);
+        let r = c(v(4, 50), v(4, 50)).unwrap();
+        assert_eq!((r.committed, r.commit), (0, Commit::Overwrite));
+        // Resumed after the overwrite (1000 rows) and one append.
+        let r = c(v(4, 50), v(6, 2000)).unwrap();
+        assert_eq!((r.committed, r.commit), (2000, Commit::Append));
+        assert_eq!(c(None, None).unwrap().commit, Commit::Create);
+    }
+
+    #[test]
+    fn append() {
+        let c = |b, n, overlap, allow| copy_start("t", Mode::Append, b, n, overlap, allow);
+        assert!(needs_overlap(Mode::Append, v(4, 298), v(4, 298)));
+        assert!(!needs_overlap(Mode::Append, v(4, 298), v(5, 596)));
+        assert!(!needs_overlap(Mode::Append, None, None));
+        assert!(!needs_overlap(Mode::Upsert, v(4, 298), v(4, 298)));
+        // Fresh onto rows holding the source's ids: refused before writing.
+        assert_eq!(
+            c(v(4, 298), v(4, 298), Some(298), false),
+            Err(Refusal::Duplicates {
+                table: "t".into(),
+                overlap: 298
+            })
+        );
+        let r = c(v(4, 298), v(4, 298), Some(298), true).unwrap();
+        assert_eq!((r.committed, r.commit), (0, Commit::Append));
+        let r = c(v(4, 298), v(4, 298), Some(0), false).unwrap();
+        assert_eq!(r.committed, 0);
+        // Resumed: the rows beyond the snapshot are this apply's.
+        let r = c(v(4, 298), v(6, 1298), None, false).unwrap();
+        assert_eq!((r.committed, r.commit), (1000, Commit::Append));
+        assert_eq!(c(None, None, None, false).unwrap().commit, Commit::Create);
+    }
+
+    #[test]
+    fn upsert() {
+        let r = copy_start("t", Mode::Upsert, None, None, None, false).unwrap();
+        assert!(r.create_empty);
+        let r = copy_start("t", Mode::Upsert, v(1, 5), v(3, 9), None, false).unwrap();
+        assert_eq!((r.committed, r.create_empty), (0, false));
+    }
+}
