@@ -9,7 +9,9 @@
 //! - `checkpoint:<table>@<rows>`: right after the first copy checkpoint at
 //!   or past `rows` rows was saved in state;
 //! - `commit:<table>@<rows>`: while the commit that reaches `rows` rows is
-//!   still being written (the batches sent, the commit not finished).
+//!   still being written (the batches sent, the commit not finished);
+//! - `panic:<step key>`: that step panics as it starts (instead of a kill),
+//!   to prove a panic fails its step only.
 //!
 //! Unset (always, outside tests), every check is one comparison with a
 //! cached `None`.
@@ -39,6 +41,15 @@ fn die(at: &str) -> ! {
 pub fn hit(name: &str) {
     if point() == Some(name) {
         die(name);
+    }
+}
+
+/// Panics if the point is `panic:<step>`.
+pub fn panic_at(step: &str) {
+    if let Some(p) = point()
+        && p.strip_prefix("panic:") == Some(step)
+    {
+        panic!("failpoint `{p}`");
     }
 }
 

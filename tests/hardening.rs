@@ -109,6 +109,30 @@ fn append_never_doubles_a_table_and_batch_size_does_not_restart_it() {
     );
     assert_eq!(rows(&lance, "docs").unwrap().0, 298, "nothing was written");
 
+    // Someone deletes a row meanwhile: the table moved, yet the guard still
+    // holds (it asks the state whether this apply wrote, and looks at the
+    // table as the snapshot saw it).
+    let o = std::process::Command::new(common::python("1.5.9"))
+        .arg("-c")
+        .arg(format!(
+            "import lancedb\nlancedb.connect('{}').open_table('docs').delete(\"doc_id = 'doc-00000'\")",
+            lance.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["apply", p, "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("already holds 298"), "{}", text(&o));
+    assert_eq!(rows(&lance, "docs").unwrap().0, 297);
+    // Rolling back the refused apply would discard that outside write.
+    let o = run(&["rollback", p, "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("was written after apply"), "{}", text(&o));
+    let o = run(&["rollback", p, "--auto-approve", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(rows(&lance, "docs").unwrap().0, 298);
+
     // Asked for, it appends every record once more, and validation counts
     // each source id exactly once among the rows it added.
     let o = run(&["apply", p, "--auto-approve", "--allow-duplicates"]);
@@ -469,4 +493,37 @@ fn a_secret_storage_option_written_in_the_plan_is_refused() {
         "{t}"
     );
     assert!(!t.contains("AKIA-written-here"), "{t}");
+}
+
+/// A step that panics fails that step only: its branch stops, the other
+/// collection is copied and validated, the apply exits 1 naming the step,
+/// and a re-run (no panic) finishes the work.
+#[test]
+fn a_panicking_step_fails_that_step_only() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("src"), "a", 0..20);
+    write_jsonl(&dir.path().join("src"), "b", 100..130);
+    let plan = jsonl_plan(
+        dir.path(),
+        "panics",
+        &[("a", "a", "create", ""), ("b", "b", "create", "")],
+    );
+    let p = plan.to_str().unwrap();
+    let o = run_in(
+        &common::repo(),
+        &["apply", p, "--auto-approve"],
+        &[("LANCEFERRY_FAILPOINT", "panic:copy:a")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("step `copy:a` stopped on an internal error")
+            && t.contains("30 rows; count and id set"),
+        "{t}"
+    );
+    assert!(rows(&dir.path().join("lancedb"), "a").is_none());
+    assert_eq!(rows(&dir.path().join("lancedb"), "b").unwrap().0, 30);
+    let o = run(&["apply", p, "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(rows(&dir.path().join("lancedb"), "a").unwrap().0, 20);
 }

@@ -54,12 +54,25 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         ctx.target.clear_partial(table).await?;
     }
     // An append onto rows: are any of the source's ids there already?
-    let overlap = if decide::needs_overlap(c.mode, before, now) && !ctx.allow_duplicates {
-        Some(source_ids_in_table(ctx, c).await?)
-    } else {
-        None
+    // What this apply's own checkpoints recorded of the table.
+    let recorded = ctx.record(&step).await.version_after;
+    // An append onto rows: were any of the source's ids there already
+    // (at the snapshot, so this apply's own rows never count)?
+    let overlap = match before {
+        Some(b) if decide::needs_overlap(c.mode, before, recorded) && !ctx.allow_duplicates => {
+            Some(source_ids_in_table(ctx, c, b.version).await?)
+        }
+        _ => None,
     };
-    let start = decide::copy_start(table, c.mode, before, now, overlap, ctx.allow_duplicates)?;
+    let start = decide::copy_start(
+        table,
+        c.mode,
+        before,
+        recorded,
+        now,
+        overlap,
+        ctx.allow_duplicates,
+    )?;
     if start.create_empty {
         ctx.target.create_empty(table, schema.clone()).await?;
     }
@@ -334,18 +347,22 @@ async fn checkpoint_saved(
     Ok(())
 }
 
-/// How many of the source's ids the table holds already (the guard of a
-/// fresh `append`). The table's id column is scanned into 64-bit hashes (8
-/// bytes a row), then the source's ids are streamed against them; a hash
+/// How many of the source's ids the table held at `version` (the guard of
+/// a fresh `append`). The table's id column is scanned into 64-bit hashes
+/// (8 bytes a row), then the source's ids are streamed against them; a hash
 /// match is confirmed by asking the table for those exact ids, so a
 /// collision never refuses an apply.
-async fn source_ids_in_table(ctx: &Arc<Ctx>, c: &Collection) -> Result<u64, StepError> {
+async fn source_ids_in_table(
+    ctx: &Arc<Ctx>,
+    c: &Collection,
+    version: u64,
+) -> Result<u64, StepError> {
     let key = c
         .id_column()
         .expect("a checked plan has an id column")
         .name
         .clone();
-    let in_table = ctx.target.id_hashes(&c.table, &key).await?;
+    let in_table = ctx.target.id_hashes(&c.table, &key, version).await?;
     let mut candidates: Vec<String> = Vec::new();
     let mut ids = ctx.source.read_ids(&c.source, c.batch_size as usize);
     while let Some(batch) = ids.try_next().await? {
@@ -358,5 +375,8 @@ async fn source_ids_in_table(ctx: &Arc<Ctx>, c: &Collection) -> Result<u64, Step
     if candidates.is_empty() {
         return Ok(0);
     }
-    Ok(ctx.target.count_ids(&c.table, &key, &candidates).await?)
+    Ok(ctx
+        .target
+        .count_ids(&c.table, &key, &candidates, version)
+        .await?)
 }

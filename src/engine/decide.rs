@@ -104,26 +104,41 @@ pub enum Refusal {
         "table `{table}` already holds {overlap} of the source's ids; appending would store those records twice\nhint: use `mode: upsert` to update them in place, or pass `--allow-duplicates` if the table is meant to hold repeats"
     )]
     Duplicates { table: String, overlap: u64 },
+    #[error(
+        "table `{table}` changed outside this apply while it was interrupted: it is at version {now}, and this apply last left it at {known}\nhint: the rows this apply already committed can no longer be told from the others; `lanceferry rollback` restores the table to its state before the apply (add `--force` to discard the outside writes), then apply again"
+    )]
+    ChangedOutside { table: String, known: u64, now: u64 },
 }
 
-/// Whether [`copy_start`] needs the count of source ids already in the
-/// table: a fresh `append` (nothing committed by this apply) onto rows.
-pub fn needs_overlap(mode: Mode, before: Option<TableVersion>, now: Option<TableVersion>) -> bool {
-    mode == Mode::Append
-        && matches!((before, now), (Some(b), Some(n)) if b.rows > 0 && n.version == b.version)
+/// Whether [`copy_start`] needs the count of source ids the table held at
+/// the snapshot: an `append` onto rows that, by the state, has committed
+/// nothing yet. (By the state, not by the table's version: a table written
+/// by someone else meanwhile must not make the guard look satisfied.)
+pub fn needs_overlap(
+    mode: Mode,
+    before: Option<TableVersion>,
+    recorded: Option<TableVersion>,
+) -> bool {
+    mode == Mode::Append && recorded.is_none() && before.is_some_and(|b| b.rows > 0)
 }
 
 /// Decides where one collection's copy starts. `before` is the table at
-/// this apply's snapshot, `now` the table as it is; `overlap` the source
-/// ids already in the table (asked for by [`needs_overlap`]).
+/// this apply's snapshot, `recorded` the version of this apply's last copy
+/// checkpoint in the state, `now` the table as it is; `overlap` the source
+/// ids the table held at the snapshot (asked for by [`needs_overlap`]).
 ///
 /// The rows this apply committed are the table's rows beyond the snapshot's
 /// (each Lance commit is atomic and the source is read in the same order
-/// every time), so a resume skips exactly that many source records.
+/// every time), so a resume skips exactly that many source records. That
+/// holds only if nobody else wrote the table meanwhile: the table may be at
+/// the version this apply last recorded, or one further (a commit whose
+/// checkpoint a kill cut off), and anything else is refused. `upsert` is
+/// exempt: merging on the id is idempotent, so it simply starts again.
 pub fn copy_start(
     table: &str,
     mode: Mode,
     before: Option<TableVersion>,
+    recorded: Option<TableVersion>,
     now: Option<TableVersion>,
     overlap: Option<u64>,
     allow_duplicates: bool,
@@ -133,6 +148,24 @@ pub fn copy_start(
         commit,
         create_empty: false,
     };
+    if mode == Mode::Upsert {
+        return Ok(CopyStart {
+            committed: 0,
+            commit: Commit::Append,
+            create_empty: now.is_none(),
+        });
+    }
+    if let Some(n) = now {
+        // Lance numbers a new table's first version 1.
+        let known = recorded.or(before).map_or(0, |v| v.version);
+        if n.version < known || n.version > known + 1 {
+            return Err(Refusal::ChangedOutside {
+                table: table.into(),
+                known,
+                now: n.version,
+            });
+        }
+    }
     match mode {
         Mode::Create => match (before, now) {
             (Some(_), _) => Err(Refusal::Exists {
@@ -148,30 +181,25 @@ pub fn copy_start(
             // Written by this apply (the overwrite, then appends).
             (_, Some(v)) => Ok(start(v.rows, Commit::Append)),
         },
-        Mode::Append => match now {
-            None => Ok(start(0, Commit::Create)),
-            Some(v) => {
-                let base = before.map(|b| b.rows).unwrap_or(0);
-                let committed = v.rows.saturating_sub(base);
-                if committed == 0
-                    && !allow_duplicates
-                    && let Some(n) = overlap
-                    && n > 0
-                {
-                    return Err(Refusal::Duplicates {
-                        table: table.into(),
-                        overlap: n,
-                    });
-                }
-                Ok(start(committed, Commit::Append))
+        Mode::Append => {
+            if !allow_duplicates
+                && let Some(n) = overlap
+                && n > 0
+            {
+                return Err(Refusal::Duplicates {
+                    table: table.into(),
+                    overlap: n,
+                });
             }
-        },
-        // Merging on the id is idempotent: an upsert simply starts again.
-        Mode::Upsert => Ok(CopyStart {
-            committed: 0,
-            commit: Commit::Append,
-            create_empty: now.is_none(),
-        }),
+            match now {
+                None => Ok(start(0, Commit::Create)),
+                Some(v) => {
+                    let base = before.map(|b| b.rows).unwrap_or(0);
+                    Ok(start(v.rows.saturating_sub(base), Commit::Append))
+                }
+            }
+        }
+        Mode::Upsert => unreachable!("handled above"),
     }
 }
 
@@ -251,55 +279,96 @@ mod tests {
 
     #[test]
     fn create() {
-        let c = |b, n| copy_start("t", Mode::Create, b, n, None, false);
-        assert_eq!(c(None, None).unwrap().commit, Commit::Create);
-        // Killed after 2 commits of a table this apply created.
-        let r = c(None, v(2, 2000)).unwrap();
-        assert_eq!((r.committed, r.commit), (2000, Commit::Append));
-        assert!(matches!(c(v(1, 5), v(1, 5)), Err(Refusal::Exists { .. })));
+        let c = |b, r, n| copy_start("t", Mode::Create, b, r, n, None, false);
+        assert_eq!(c(None, None, None).unwrap().commit, Commit::Create);
+        // Killed after the first commit, before its checkpoint was saved.
+        let r = c(None, None, v(1, 1000)).unwrap();
+        assert_eq!((r.committed, r.commit), (1000, Commit::Append));
+        // Killed after 2 recorded commits (and maybe one more).
+        assert_eq!(c(None, v(2, 2000), v(2, 2000)).unwrap().committed, 2000);
+        assert_eq!(c(None, v(2, 2000), v(3, 3000)).unwrap().committed, 3000);
+        assert!(matches!(
+            c(v(1, 5), None, v(1, 5)),
+            Err(Refusal::Exists { .. })
+        ));
     }
 
     #[test]
     fn replace() {
-        let c = |b, n| copy_start("t", Mode::Replace, b, n, None, false);
-        let r = c(v(4, 50), v(4, 50)).unwrap();
+        let c = |b, r, n| copy_start("t", Mode::Replace, b, r, n, None, false);
+        let r = c(v(4, 50), None, v(4, 50)).unwrap();
         assert_eq!((r.committed, r.commit), (0, Commit::Overwrite));
         // Resumed after the overwrite (1000 rows) and one append.
-        let r = c(v(4, 50), v(6, 2000)).unwrap();
+        let r = c(v(4, 50), v(6, 2000), v(6, 2000)).unwrap();
         assert_eq!((r.committed, r.commit), (2000, Commit::Append));
-        assert_eq!(c(None, None).unwrap().commit, Commit::Create);
+        assert_eq!(c(None, None, None).unwrap().commit, Commit::Create);
+    }
+
+    #[test]
+    fn a_table_written_by_someone_else_meanwhile_is_refused() {
+        // The snapshot saw version 4; nothing recorded; now version 7.
+        for mode in [Mode::Create, Mode::Replace, Mode::Append] {
+            let before = if mode == Mode::Create { None } else { v(4, 50) };
+            let known = if mode == Mode::Create { 0 } else { 4 };
+            let r = copy_start("t", mode, before, None, v(known + 3, 60), Some(0), false);
+            assert!(
+                matches!(r, Err(Refusal::ChangedOutside { .. })),
+                "{mode}: {r:?}"
+            );
+            // Rolled back under us: older than what we recorded.
+            let r = copy_start(
+                "t",
+                mode,
+                before,
+                v(known + 5, 90),
+                v(known + 2, 60),
+                Some(0),
+                false,
+            );
+            assert!(
+                matches!(r, Err(Refusal::ChangedOutside { .. })),
+                "{mode}: {r:?}"
+            );
+        }
+        // Upsert merges again whatever happened.
+        assert!(copy_start("t", Mode::Upsert, v(4, 50), None, v(9, 1), None, false).is_ok());
     }
 
     #[test]
     fn append() {
-        let c = |b, n, overlap, allow| copy_start("t", Mode::Append, b, n, overlap, allow);
-        assert!(needs_overlap(Mode::Append, v(4, 298), v(4, 298)));
+        let c = |b, r, n, overlap, allow| copy_start("t", Mode::Append, b, r, n, overlap, allow);
+        assert!(needs_overlap(Mode::Append, v(4, 298), None));
+        // Decided by the state, not by whether the table moved.
         assert!(!needs_overlap(Mode::Append, v(4, 298), v(5, 596)));
         assert!(!needs_overlap(Mode::Append, None, None));
-        assert!(!needs_overlap(Mode::Upsert, v(4, 298), v(4, 298)));
+        assert!(!needs_overlap(Mode::Append, v(4, 0), None));
+        assert!(!needs_overlap(Mode::Upsert, v(4, 298), None));
         // Fresh onto rows holding the source's ids: refused before writing.
         assert_eq!(
-            c(v(4, 298), v(4, 298), Some(298), false),
+            c(v(4, 298), None, v(4, 298), Some(298), false),
             Err(Refusal::Duplicates {
                 table: "t".into(),
                 overlap: 298
             })
         );
-        let r = c(v(4, 298), v(4, 298), Some(298), true).unwrap();
+        let r = c(v(4, 298), None, v(4, 298), Some(298), true).unwrap();
         assert_eq!((r.committed, r.commit), (0, Commit::Append));
-        let r = c(v(4, 298), v(4, 298), Some(0), false).unwrap();
+        let r = c(v(4, 298), None, v(4, 298), Some(0), false).unwrap();
         assert_eq!(r.committed, 0);
         // Resumed: the rows beyond the snapshot are this apply's.
-        let r = c(v(4, 298), v(6, 1298), None, false).unwrap();
+        let r = c(v(4, 298), v(6, 1298), v(6, 1298), None, false).unwrap();
         assert_eq!((r.committed, r.commit), (1000, Commit::Append));
-        assert_eq!(c(None, None, None, false).unwrap().commit, Commit::Create);
+        assert_eq!(
+            c(None, None, None, None, false).unwrap().commit,
+            Commit::Create
+        );
     }
 
     #[test]
     fn upsert() {
-        let r = copy_start("t", Mode::Upsert, None, None, None, false).unwrap();
+        let r = copy_start("t", Mode::Upsert, None, None, None, None, false).unwrap();
         assert!(r.create_empty);
-        let r = copy_start("t", Mode::Upsert, v(1, 5), v(3, 9), None, false).unwrap();
+        let r = copy_start("t", Mode::Upsert, v(1, 5), None, v(3, 9), None, false).unwrap();
         assert_eq!((r.committed, r.create_empty), (0, false));
     }
 }

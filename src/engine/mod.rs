@@ -414,6 +414,7 @@ async fn walk(
 async fn run_step(ctx: &Arc<Ctx>, step: &Step) -> Result<(), StepError> {
     let id = step.key();
     crate::failpoint::hit(&format!("before:{id}"));
+    crate::failpoint::panic_at(&id.to_string());
     ctx.update(&id, |r| {
         r.status = Some(StepStatus::Running);
         r.started.get_or_insert_with(Utc::now);
@@ -529,13 +530,18 @@ async fn build_index(
 
 async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     let c = ctx.collection(table);
-    let skipped = ctx
+    let known = ctx
         .skipped
         .lock()
         .expect("skipped lock")
         .get(table)
-        .cloned()
-        .unwrap_or_default();
+        .cloned();
+    // A copy finished by an earlier, interrupted run left no list in
+    // memory: find the skipped records again.
+    let skipped = match known {
+        Some(s) => s,
+        None => crate::verify::skipped_ids(ctx.source.as_ref(), c).await?,
+    };
     let snap = ctx.record(&StepKey::snapshot(table)).await;
     let others = crate::verify::Others::for_mode(c.mode, snap.version_before);
     let r = crate::verify::verify_collection(ctx.source.as_ref(), &ctx.target, c, &skipped, others)

@@ -41,6 +41,10 @@ pub enum RollbackError {
         current: u64,
         left: u64,
     },
+    #[error(
+        "table `{table}` did not exist before apply `{apply}`, and the apply recorded no write to it, yet it exists now\nhint: someone else may have created it (or a crash cut off the apply's record of its first commit); pass `--force` to drop it anyway"
+    )]
+    NotWrittenByApply { table: String, apply: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,18 +121,33 @@ pub async fn rollback(
         let Some(existed) = snap.table_existed else {
             continue;
         };
-        let left = rec.version_left(&c.table).map(|v| v.version);
+        // Where the apply left the table: its last recorded write, or, if it
+        // recorded none (it was refused, or failed first), the snapshot.
+        let left = rec
+            .version_left(&c.table)
+            .or(snap.version_before)
+            .map(|v| v.version);
         let current = target.version(&c.table).await.map_err(EngineError::from)?;
-        if let (Some(cur), Some(left)) = (current, left)
-            && cur.version != left
-            && !force
-        {
-            return Err(RollbackError::WrittenSince {
-                table: c.table.clone(),
-                apply: apply_id.clone(),
-                current: cur.version,
-                left,
-            });
+        if !force {
+            match (current, left) {
+                (Some(cur), Some(left)) if cur.version != left => {
+                    return Err(RollbackError::WrittenSince {
+                        table: c.table.clone(),
+                        apply: apply_id.clone(),
+                        current: cur.version,
+                        left,
+                    });
+                }
+                // Absent before, no write recorded, present now: made by
+                // someone else, or by a commit whose record a crash cut off.
+                (Some(_), None) => {
+                    return Err(RollbackError::NotWrittenByApply {
+                        table: c.table.clone(),
+                        apply: apply_id.clone(),
+                    });
+                }
+                _ => {}
+            }
         }
         work.push((c.table.clone(), existed, snap.version_before, current));
     }

@@ -144,13 +144,23 @@ pub async fn export_collection(
     } else {
         Sink::Plain(BufWriter::with_capacity(1 << 20, file))
     };
-    let result: Result<(u64, u64), ExportError> = async {
+    let result: Result<(u64, u64), ExportError> = async move {
         let mut records = 0u64;
         let mut stream = source.read(collection, batch_size);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            write_batch(out.writer(), &batch).map_err(io)?;
             records += batch.len() as u64;
+            // JSON formatting and gzip are CPU work: off the async runtime,
+            // the sink handed to a blocking thread and back.
+            let (back, written) = tokio::task::spawn_blocking(move || {
+                let mut out = out;
+                let r = write_batch(out.writer(), &batch);
+                (out, r)
+            })
+            .await
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            out = back;
+            written.map_err(io)?;
             progress(records);
         }
         // A stream can end without an error and still be short (a reader
@@ -163,7 +173,13 @@ pub async fn export_collection(
                 written: records,
             });
         }
-        let bytes = out.finish().map_err(io)?;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut out = out;
+            out.finish()
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?
+        .map_err(io)?;
         Ok((records, bytes))
     }
     .await;

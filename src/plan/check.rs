@@ -95,6 +95,12 @@ fn is_whole_reference(raw_text: &str) -> bool {
         && raw_text.trim() == format!("${{{}}}", refs[0].name)
 }
 
+fn valid_plan_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 fn valid_table_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -116,6 +122,15 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
                 spec.version
             ),
             "set `version: 1`, or upgrade lanceferry if the plan was written for a newer one",
+        ));
+    }
+
+    // The name becomes a directory and file names under `state.path`.
+    if !valid_plan_name(&spec.name) {
+        errs.push(loc.diag(
+            loc.value("/name"),
+            format!("`{}` is not a usable plan name", spec.name),
+            "use letters, digits, `_`, `-` and `.` (not first): the name becomes file names under `state.path`",
         ));
     }
 
@@ -341,7 +356,10 @@ fn check_source(
                     {
                         errs.push(loc.diag(
                             loc.value(&format!("{base}/url")),
-                            format!("`{url}` is not an http:// or https:// URL"),
+                            format!(
+                                "`{}` is not an http:// or https:// URL",
+                                super::redact::url(url)
+                            ),
                             "write the server's base URL, e.g. `http://127.0.0.1:8000`",
                         ));
                     }

@@ -19,21 +19,28 @@ pub fn looks_secret(name: &str) -> bool {
     SECRET_WORDS.iter().any(|w| lower.contains(w))
 }
 
-/// Splits `scheme://authority/rest` into its parts (None if no `://`).
-fn parts(url: &str) -> Option<(&str, &str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    Some((scheme, &rest[..end], &rest[end..]))
+/// Splits a URL into `(prefix, userinfo, rest)`: `prefix` is `scheme://`
+/// (or empty), `userinfo` what precedes the last `@`. The last `@`, not the
+/// first `/`, ends the userinfo: a password holding an unencoded `/`, `?`
+/// or `#` is still a password to a reader of the text, and masking a little
+/// too much (an `@` in a path) is harmless where showing a password is not.
+fn split(u: &str) -> (&str, Option<&str>, &str) {
+    let (prefix, rest) = match u.find("://") {
+        Some(i) => u.split_at(i + 3),
+        None => ("", u),
+    };
+    match rest.rfind('@') {
+        Some(at) => (prefix, Some(&rest[..at]), &rest[at + 1..]),
+        None => (prefix, None, rest),
+    }
 }
 
 /// A URL fit to show: userinfo as `***`, secret-looking query values as `***`.
 pub fn url(u: &str) -> String {
-    let Some((scheme, authority, rest)) = parts(u) else {
-        return u.to_string();
-    };
-    let host = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_string(),
+    let (prefix, userinfo, rest) = split(u);
+    let host = match userinfo {
+        Some(_) => "***@",
+        None => "",
     };
     let rest = match rest.split_once('?') {
         None => rest.to_string(),
@@ -52,19 +59,14 @@ pub fn url(u: &str) -> String {
             format!("{path}?{}{fragment}", q.join("&"))
         }
     };
-    format!("{scheme}://{host}{rest}")
+    format!("{prefix}{host}{rest}")
 }
 
 /// What identifies the server a URL names: the URL without its userinfo
 /// (a rotated password is the same source).
 pub fn url_identity(u: &str) -> String {
-    match parts(u) {
-        Some((scheme, authority, rest)) => {
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{rest}")
-        }
-        None => u.to_string(),
-    }
+    let (prefix, _, rest) = split(u);
+    format!("{prefix}{rest}")
 }
 
 /// Serializes a URL redacted (for `Plan` fields).
@@ -105,8 +107,11 @@ mod tests {
             url("http://h/p?api_key=S3CR3T&x=1#f"),
             "http://h/p?api_key=***&x=1#f"
         );
-        // An `@` in the path is not userinfo.
-        assert_eq!(url("http://h/a@b"), "http://h/a@b");
+        // A password with an unencoded `/`, `?` or `#`, and text that is
+        // not a URL at all, are masked too.
+        assert_eq!(url("http://bob:pa/ss@host:1/x"), "http://***@host:1/x");
+        assert_eq!(url("http://bob:pa#ss@host"), "http://***@host");
+        assert_eq!(url("bob:pw@host:8000"), "***@host:8000");
         assert_eq!(url_identity("http://a:b@h:1/p"), "http://h:1/p");
     }
 

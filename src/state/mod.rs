@@ -299,6 +299,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// Symlinks are not resolved: the key must not change when the directory
 /// comes into existence.
 pub fn resolve_target(uri: &str) -> String {
+    let uri = uri.strip_prefix("file://").unwrap_or(uri);
     if uri.contains("://") {
         return uri.trim_end_matches('/').to_string();
     }
@@ -441,26 +442,42 @@ impl StateStore {
     /// any format-1 history of this target).
     pub fn save(&self, rec: &ApplyRecord) -> Result<(), StateError> {
         if !self.target_path().exists() {
-            for old in self.legacy()? {
-                if old.id != rec.id {
-                    self.write_apply(&old)?;
-                }
-            }
+            // `target.json` first: an apply document is never written where
+            // `load` would not look for it.
+            let legacy = self.legacy()?;
             let doc = TargetDoc {
                 format: STATE_FORMAT,
                 plan: self.plan.clone(),
                 target: self.target.clone(),
             };
-            self.write_apply(rec)?;
-            return write_atomic(
+            write_atomic(
                 &self.target_path(),
                 &serde_json::to_vec_pretty(&doc).expect("target serializes"),
-            );
+            )?;
+            for old in legacy {
+                if old.id != rec.id {
+                    self.write_apply(&old)?;
+                }
+            }
         }
         self.write_apply(rec)
     }
 
     fn write_apply(&self, rec: &ApplyRecord) -> Result<(), StateError> {
+        // Ids become file names; one from a hand-edited record must not
+        // name a path elsewhere.
+        let safe = !rec.id.is_empty()
+            && !rec.id.starts_with('.')
+            && rec
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !safe {
+            return Err(StateError::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("apply id `{}` is not a plain name", rec.id),
+            });
+        }
         let mut value = serde_json::to_value(rec).expect("apply serializes");
         value["format"] = STATE_FORMAT.into();
         write_atomic(
@@ -699,6 +716,7 @@ mod tests {
         );
         assert_eq!(resolve_target("/a/./b/"), "/a/b");
         assert_eq!(resolve_target("s3://bucket/db/"), "s3://bucket/db");
+        assert_eq!(resolve_target("file:///a/b"), "/a/b");
         assert_eq!(target_key("/a/b").len(), 16);
         assert_ne!(target_key("/a/b"), target_key("/a/c"));
     }

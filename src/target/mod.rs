@@ -163,6 +163,42 @@ impl LanceTarget {
         }
     }
 
+    /// A table that must exist for `action` (it did a moment ago): gone now
+    /// means someone dropped it meanwhile, an error, never a panic.
+    async fn existing(&self, name: &str, action: &str) -> Result<lancedb::Table, TargetError> {
+        self.open(name).await?.ok_or_else(|| TargetError::Lance {
+            uri: self.uri.clone(),
+            action: format!("{action} `{name}`"),
+            hint:
+                "the table disappeared meanwhile (dropped by someone else?); run the command again"
+                    .into(),
+            source: lancedb::Error::TableNotFound {
+                name: name.to_string(),
+                source: "dropped while lanceferry was using it".into(),
+            },
+        })
+    }
+
+    /// The version of a table that must exist (see [`Self::existing`]).
+    async fn existing_version(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<TableVersion, TargetError> {
+        self.existing(name, action).await?;
+        self.version(name).await?.ok_or_else(|| TargetError::Lance {
+            uri: self.uri.clone(),
+            action: format!("{action} `{name}`"),
+            hint:
+                "the table disappeared meanwhile (dropped by someone else?); run the command again"
+                    .into(),
+            source: lancedb::Error::TableNotFound {
+                name: name.to_string(),
+                source: "dropped while lanceferry was using it".into(),
+            },
+        })
+    }
+
     /// Removes what an interrupted create left (files, no committed
     /// version), so the table can be created again. Only for tables this
     /// apply creates.
@@ -228,10 +264,7 @@ impl LanceTarget {
                     .map_err(self.err(action, hint))?;
             }
             Commit::Overwrite | Commit::Append => {
-                let t = self
-                    .open(name)
-                    .await?
-                    .expect("the table exists when appending");
+                let t = self.existing(name, "appending to").await?;
                 let mode = if how == Commit::Overwrite {
                     AddDataMode::Overwrite
                 } else {
@@ -244,10 +277,7 @@ impl LanceTarget {
                     .map_err(self.err(action, hint))?;
             }
         }
-        Ok(self
-            .version(name)
-            .await?
-            .expect("the table was just written"))
+        self.existing_version(name, "reading the version of").await
     }
 
     /// Inserts or updates rows matched on `key`, as one commit.
@@ -258,10 +288,7 @@ impl LanceTarget {
         batches: Vec<RecordBatch>,
         key: &str,
     ) -> Result<TableVersion, TargetError> {
-        let t = self
-            .open(name)
-            .await?
-            .expect("the table exists when upserting");
+        let t = self.existing(name, "upserting into").await?;
         let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
         let mut builder = t.merge_insert(&[key]);
         builder
@@ -271,22 +298,20 @@ impl LanceTarget {
             format!("upserting into `{name}`"),
             "re-run `lanceferry apply`; upserts are idempotent",
         ))?;
-        Ok(self
-            .version(name)
-            .await?
-            .expect("the table was just written"))
+        self.existing_version(name, "reading the version of").await
     }
 
-    /// The 64-bit hashes of every id in `column` (8 bytes a row).
+    /// The 64-bit hashes of every id in `column` at `version` (8 bytes a row).
     pub async fn id_hashes(
         &self,
         name: &str,
         column: &str,
+        version: u64,
     ) -> Result<std::collections::HashSet<u64>, TargetError> {
         use futures::TryStreamExt;
         use lancedb::query::{ExecutableQuery, QueryBase, Select};
         let mut out = std::collections::HashSet::new();
-        let Some(t) = self.open(name).await? else {
+        let Some(t) = self.open_at(name, version).await? else {
             return Ok(out);
         };
         let read = || {
@@ -323,14 +348,15 @@ impl LanceTarget {
         }
     }
 
-    /// How many rows have one of `ids` in `column`.
+    /// How many rows have one of `ids` in `column`, at `version`.
     pub async fn count_ids(
         &self,
         name: &str,
         column: &str,
         ids: &[String],
+        version: u64,
     ) -> Result<u64, TargetError> {
-        let Some(t) = self.open(name).await? else {
+        let Some(t) = self.open_at(name, version).await? else {
             return Ok(0);
         };
         let mut n = 0;
@@ -375,7 +401,7 @@ impl LanceTarget {
 
     /// Tags a version so Lance's cleanup cannot remove it.
     pub async fn tag(&self, name: &str, tag: &str, version: u64) -> Result<(), TargetError> {
-        let t = self.open(name).await?.expect("tagging an existing table");
+        let t = self.existing(name, "tagging").await?;
         let mut tags = t
             .tags()
             .await
@@ -394,7 +420,7 @@ impl LanceTarget {
 
     /// Makes `version` the table's latest version again (a new commit).
     pub async fn restore(&self, name: &str, version: u64) -> Result<TableVersion, TargetError> {
-        let t = self.open(name).await?.expect("restoring an existing table");
+        let t = self.existing(name, "restoring").await?;
         t.checkout(version).await.map_err(self.err(
             format!("checking out version {version} of `{name}`"),
             "the version may have been cleaned up; list versions with LanceDB",
@@ -402,7 +428,7 @@ impl LanceTarget {
         t.restore()
             .await
             .map_err(self.err(format!("restoring `{name}` to version {version}"), "retry"))?;
-        Ok(self.version(name).await?.expect("the table exists"))
+        self.existing_version(name, "reading the version of").await
     }
 
     pub async fn drop_table(&self, name: &str) -> Result<(), TargetError> {
@@ -422,7 +448,7 @@ impl LanceTarget {
         index: &Index,
         space: DistanceSpace,
     ) -> Result<IndexOutcome, TargetError> {
-        let t = self.open(name).await?.expect("indexing an existing table");
+        let t = self.existing(name, "indexing").await?;
         let rows = t
             .count_rows(None)
             .await
@@ -495,5 +521,30 @@ impl LanceTarget {
                 "re-run `lanceferry apply`; the copy is kept and only the index step runs again",
             ))?;
         Ok(IndexOutcome::Built)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{LargeStringArray, StringArray};
+
+    #[test]
+    fn an_id_filter_quotes_every_id_to_match_itself_only() {
+        let ids = vec!["plain".to_string(), "o'brien".into(), "a;b\"c\\".into()];
+        assert_eq!(
+            id_filter("doc_id", &ids),
+            "`doc_id` IN ('plain','o''brien','a;b\"c\\')"
+        );
+    }
+
+    #[test]
+    fn id_columns_may_be_utf8_or_large_utf8_but_nothing_else() {
+        let small = StringArray::from(vec![Some("a"), None]);
+        let large = LargeStringArray::from(vec![Some("b")]);
+        assert_eq!(string_values(&small), Some(vec![Some("a"), None]));
+        assert_eq!(string_values(&large), Some(vec![Some("b")]));
+        let ints = arrow_array::Int64Array::from(vec![1]);
+        assert!(string_values(&ints).is_none());
     }
 }

@@ -28,6 +28,15 @@ pub enum VerifyError {
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error(
+        "table `{table}` has column `{column}` of type `{found}`, where this plan writes `{expected}`\nhint: the table was not made by this plan (or its mapping changed): choose another `table:`, or `mode: replace` to rewrite it"
+    )]
+    Schema {
+        table: String,
+        column: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
         "reading table `{table}`: {source}\nhint: retry; if it persists the table may be damaged"
     )]
     Read {
@@ -308,11 +317,12 @@ pub async fn verify_collection(
     skipped: &HashSet<String>,
     others: Others,
 ) -> Result<CollectionVerification, VerifyError> {
-    let ids = verify_ids(source, target, c, skipped, others).await?;
     let dim = match c.vector_column().dim {
         Some(d) => d as usize,
         None => source.collection(&c.source).await?.dimension.unwrap_or(0) as usize,
     };
+    check_schema(target, c, dim).await?;
+    let ids = verify_ids(source, target, c, skipped, others).await?;
     let expected = ids.source_count - ids.expected_skipped;
     let values = values::verify_values(source, target, c, dim, expected, skipped).await?;
     Ok(CollectionVerification {
@@ -320,6 +330,71 @@ pub async fn verify_collection(
         ids,
         values,
     })
+}
+
+/// Refuses a table whose columns are not of the types the plan writes (a
+/// table made elsewhere), so the comparison never meets a column it cannot
+/// read. Columns the table lacks are left to the comparison to report.
+async fn check_schema(target: &LanceTarget, c: &Collection, dim: usize) -> Result<(), VerifyError> {
+    let Some(t) = target.open(&c.table).await? else {
+        return Ok(());
+    };
+    let schema = t.schema().await.map_err(|source| VerifyError::Read {
+        table: c.table.clone(),
+        source,
+    })?;
+    let planned = crate::transform::Transformer::new(c, dim).schema();
+    for want in planned.fields() {
+        let Ok(have) = schema.field_with_name(want.name()) else {
+            continue;
+        };
+        let same = match (want.data_type(), have.data_type()) {
+            // The dimension may differ when the plan leaves it to the source.
+            (
+                arrow_schema::DataType::FixedSizeList(a, _),
+                arrow_schema::DataType::FixedSizeList(b, _),
+            ) => a.data_type() == b.data_type(),
+            (arrow_schema::DataType::Utf8, arrow_schema::DataType::LargeUtf8) => true,
+            (a, b) => a == b,
+        };
+        if !same {
+            return Err(VerifyError::Schema {
+                table: c.table.clone(),
+                column: want.name().clone(),
+                expected: want.data_type().to_string(),
+                found: have.data_type().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The source records the plan itself leaves out (`on_error: skip`): they
+/// are not expected in the table. Only a plan that skips records needs the
+/// source transformed to know which; otherwise that would be one more full
+/// read.
+pub async fn skipped_ids(
+    source: &dyn Source,
+    c: &Collection,
+) -> Result<HashSet<String>, VerifyError> {
+    let mut skipped = HashSet::new();
+    if !c
+        .columns
+        .iter()
+        .any(|col| col.on_error == crate::plan::OnError::Skip)
+    {
+        return Ok(skipped);
+    }
+    let info = source.collection(&c.source).await?;
+    let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
+    let transformer = crate::transform::Transformer::new(c, dim);
+    let mut stream = source.read(&c.source, c.batch_size as usize);
+    while let Some(b) = stream.try_next().await? {
+        if let Ok(t) = transformer.transform(b) {
+            skipped.extend(t.skipped.into_iter().map(|s| s.id));
+        }
+    }
+    Ok(skipped)
 }
 
 /// `lanceferry verify`: every collection of a plan against its table.
@@ -332,24 +407,7 @@ pub async fn verify_plan(
     let target = LanceTarget::connect(&plan.target).await?;
     let mut out = Vec::new();
     for c in &plan.collections {
-        // Records the plan itself leaves out (`on_error: skip`) are not expected.
-        let info = source.collection(&c.source).await?;
-        let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
-        let transformer = crate::transform::Transformer::new(c, dim);
-        let mut skipped = HashSet::new();
-        // Only a plan that skips records needs the source transformed to
-        // know which; otherwise that would be one more full read.
-        if c.columns
-            .iter()
-            .any(|col| col.on_error == crate::plan::OnError::Skip)
-        {
-            let mut stream = source.read(&c.source, c.batch_size as usize);
-            while let Some(b) = stream.try_next().await? {
-                if let Ok(t) = transformer.transform(b) {
-                    skipped.extend(t.skipped.into_iter().map(|s| s.id));
-                }
-            }
-        }
+        let skipped = skipped_ids(source.as_ref(), c).await?;
         let others = Others::for_mode(c.mode, before.get(&c.table).copied());
         out.push(verify_collection(source.as_ref(), &target, c, &skipped, others).await?);
     }
@@ -380,4 +438,157 @@ pub fn render(results: &[CollectionVerification]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    //! The id check against a real local LanceDB table and a JSON Lines
+    //! source in a temporary directory: no Python, no server.
+    use super::*;
+    use crate::plan::{Vars, load_str};
+    use crate::source::jsonl::JsonlDir;
+    use crate::target::Commit;
+    use futures::StreamExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        source: JsonlDir,
+        target: LanceTarget,
+        plan: crate::plan::Plan,
+        src: std::path::PathBuf,
+    }
+
+    fn write(dir: &std::path::Path, name: &str, ids: &[&str]) {
+        let mut text = String::new();
+        for (i, id) in ids.iter().enumerate() {
+            text.push_str(
+                &serde_json::json!({"doc_id": id, "content": "c", "metadata": {}, "embedding": [i as f32 + 1.0, 1.0]})
+                    .to_string(),
+            );
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("{name}.jsonl")), text).unwrap();
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let yaml = format!(
+            "version: 1\nname: t\nsource: {{ jsonl: {{ path: {} }} }}\ntarget: {{ lancedb: {{ uri: {} }} }}\ncollections:\n  - source: docs\n    mode: append\n",
+            src.display(),
+            dir.path().join("db").display()
+        );
+        let plan = load_str(&yaml, std::path::Path::new("t.yaml"), &Vars::empty()).unwrap();
+        let target = LanceTarget::connect(&plan.target).await.unwrap();
+        Fixture {
+            source: JsonlDir::open(&src, crate::plan::DistanceSpace::L2).unwrap(),
+            _dir: dir,
+            target,
+            plan,
+            src,
+        }
+    }
+
+    impl Fixture {
+        /// Writes `ids` into the table `docs` (through the plan's mapping).
+        async fn add(&self, ids: &[&str], how: Commit) -> TableVersion {
+            write(&self.src, "scratch", ids);
+            let scratch = JsonlDir::open(&self.src, crate::plan::DistanceSpace::L2).unwrap();
+            let c = &self.plan.collections[0];
+            let t = crate::transform::Transformer::new(c, 2);
+            let batches: Vec<_> = scratch
+                .read("scratch", 100)
+                .map(|b| t.transform(b.unwrap()).unwrap().batch)
+                .collect()
+                .await;
+            std::fs::remove_file(self.src.join("scratch.jsonl")).unwrap();
+            self.target
+                .commit(
+                    "docs",
+                    t.schema(),
+                    futures::stream::iter(batches).boxed(),
+                    how,
+                )
+                .await
+                .unwrap()
+        }
+
+        async fn check(&self, others: Others) -> Verification {
+            let c = &self.plan.collections[0];
+            verify_ids(&self.source, &self.target, c, &HashSet::new(), others)
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_is_checked_against_the_table_at_its_snapshot() {
+        let f = fixture().await;
+        write(&f.src, "docs", &["a", "b", "c"]);
+        // The table's own rows, one of which shares an id with the source
+        // (an earlier apply with --allow-duplicates, say).
+        let before = f.add(&["old-1", "old-2", "b"], Commit::Create).await;
+        f.add(&["a", "b", "c"], Commit::Append).await;
+        let v = f.check(Others::Before(before)).await;
+        assert!(v.ok(), "{:?}", v.breaches);
+
+        // One more copy of `c`: the count is one over, and `c` was added twice.
+        f.add(&["c"], Commit::Append).await;
+        let v = f.check(Others::Before(before)).await;
+        assert!(
+            v.breaches
+                .iter()
+                .any(|b| b.contains("1 source records were added more than once")),
+            "{:?}",
+            v.breaches
+        );
+        assert!(
+            v.breaches.iter().any(|b| b.starts_with("count:")),
+            "{:?}",
+            v.breaches
+        );
+    }
+
+    #[tokio::test]
+    async fn a_doubled_record_hidden_behind_a_lost_one_is_still_a_breach() {
+        let f = fixture().await;
+        write(&f.src, "docs", &["a", "b", "c"]);
+        let before = f.add(&["old-1"], Commit::Create).await;
+        // `a` twice and `c` never: the total (1 + 3) adds up.
+        f.add(&["a", "a", "b"], Commit::Append).await;
+        let v = f.check(Others::Before(before)).await;
+        assert_eq!(v.target_count, 4);
+        assert_eq!(v.missing, 1);
+        assert!(
+            !v.breaches.iter().any(|b| b.starts_with("count:")),
+            "{:?}",
+            v.breaches
+        );
+        assert!(
+            v.breaches
+                .iter()
+                .any(|b| b.contains("added more than once")),
+            "{:?}",
+            v.breaches
+        );
+    }
+
+    #[tokio::test]
+    async fn other_modes_see_extra_and_duplicate_rows() {
+        let f = fixture().await;
+        write(&f.src, "docs", &["a", "b"]);
+        f.add(&["a", "b", "b", "zzz"], Commit::Create).await;
+        let v = f.check(Others::None).await;
+        assert_eq!((v.extra, v.duplicates), (1, 1), "{:?}", v.breaches);
+        let v = f.check(Others::Any).await;
+        assert!(
+            v.breaches
+                .iter()
+                .any(|b| b.contains("1 duplicate rows of source ids")),
+            "{:?}",
+            v.breaches
+        );
+        assert!(!v.breaches.iter().any(|b| b.contains("not in the source")));
+    }
 }
