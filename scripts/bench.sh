@@ -6,7 +6,9 @@
 # chromadb 1.5.9 and the original tool's metadata shape, then measures, in
 # one run: `cp -r` of the directory (the floor), `lanceferry apply
 # plans/canvas.yaml` (release build, including backup, indexes and
-# validation, with the per-step times from its report), `lanceferry verify`,
+# validation, with the per-step times from its report), `lanceferry plan`
+# before and after it (it reads counts, schemas and metadata, never vectors),
+# `lanceferry verify`,
 # the Python pipeline a user would otherwise write, and `tar czf` next to
 # lanceferry's backup step. Wall time and peak RSS come from GNU time.
 set -euo pipefail
@@ -54,7 +56,9 @@ rm -rf "$OUT/copy"
 measure "tar czf" tar czf "$OUT/backup.tar.gz" -C "$DATA" .
 rm -f "$OUT/backup.tar.gz"
 export CHROMA_PATH="$DATA" LANCEDB_URI="$OUT/lancedb" STATE_DIR="$OUT/state" BACKUP_DIR="$OUT/backups"
+measure "lanceferry plan (fresh)" "$BIN" plan plans/canvas.yaml
 measure "lanceferry apply (canvas)" "$BIN" apply plans/canvas.yaml --auto-approve
+measure "lanceferry plan (no changes)" "$BIN" plan plans/canvas.yaml
 "$PY" - "$OUT/state/reports" <<'PYEOF'
 import glob, json, sys, datetime
 r = json.load(open(glob.glob(sys.argv[1] + "/*.json")[0]))

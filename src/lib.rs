@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod diff;
 pub mod engine;
 pub mod export;
 pub mod failpoint;

@@ -72,8 +72,29 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Print the plan format's JSON Schema (the content of schemas/plan.schema.json).
-    Schema,
+    /// Show what apply would do, and why, without writing anything (the dry run reviewers read).
+    Plan {
+        /// The plan file.
+        plan: PathBuf,
+        /// Output format: text (a terminal), markdown (a pull-request comment), json.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// Exit 2 when apply would change something (0: no changes, 1: an error).
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Exit 1 on lint findings of this severity or worse.
+        #[arg(long, value_enum, default_value_t = FailOn::Error)]
+        fail_on: FailOn,
+        /// Where lint codes link to in Markdown (the address of docs/lint.md).
+        #[arg(long, value_name = "URL", default_value = "docs/lint.md")]
+        lint_docs: String,
+    },
+    /// Print a JSON Schema: of the plan format (schemas/plan.schema.json), or of `plan --format json` output.
+    Schema {
+        /// The schema of `lanceferry plan --format json` (schemas/plan-output.schema.json).
+        #[arg(long)]
+        plan_output: bool,
+    },
     /// Execute the plan: back up, copy, index, validate, report; resumes an interrupted apply.
     Apply {
         /// The plan file.
@@ -227,6 +248,19 @@ struct SourceArgs {
     token_header: plan::TokenHeader,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlanFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FailOn {
+    Warning,
+    Error,
+}
+
 fn parse_token_header(s: &str) -> Result<plan::TokenHeader, String> {
     match s {
         "x-chroma-token" => Ok(plan::TokenHeader::XChromaToken),
@@ -374,8 +408,48 @@ fn load(path: &Path, global: &GlobalArgs, out: &Output) -> Result<Plan> {
 fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
     let stdout = &mut std::io::stdout().lock();
     match &cli.command {
-        Command::Schema => {
-            stdout.write_all(crate::plan::spec::json_schema_text().as_bytes())?;
+        Command::Schema { plan_output } => {
+            if *plan_output {
+                stdout.write_all(crate::diff::json_schema_text().as_bytes())?;
+            } else {
+                stdout.write_all(crate::plan::spec::json_schema_text().as_bytes())?;
+            }
+        }
+        Command::Plan {
+            plan,
+            format,
+            detailed_exitcode,
+            fail_on,
+            lint_docs,
+        } => {
+            let plan = load(plan, &cli.global, out)?;
+            let report = runtime()?.block_on(crate::diff::plan(&plan))?;
+            match format {
+                PlanFormat::Text => stdout
+                    .write_all(crate::diff::render::text(&report, out.stdout_color()).as_bytes())?,
+                PlanFormat::Markdown => stdout
+                    .write_all(crate::diff::render::markdown(&report, lint_docs).as_bytes())?,
+                PlanFormat::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?,
+            }
+            let s = &report.summary;
+            let failing = match fail_on {
+                FailOn::Error => s.errors,
+                FailOn::Warning => s.errors + s.warnings,
+            };
+            if failing > 0 {
+                eprintln!(
+                    "error: {failing} lint finding{} at `--fail-on {}` or worse\nhint: fix the plan, or accept a finding for its collection with `nolint: [{{ code: ..., reason: \"...\" }}]` (docs/lint.md)",
+                    if failing == 1 { "" } else { "s" },
+                    match fail_on {
+                        FailOn::Error => "error",
+                        FailOn::Warning => "warning",
+                    }
+                );
+                return Ok(ExitCode::from(1));
+            }
+            if *detailed_exitcode && report.has_changes() {
+                return Ok(ExitCode::from(2));
+            }
         }
         Command::Check { plan, json } => {
             if *json {
@@ -401,16 +475,20 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             json,
         } => {
             let plan = load(plan, &cli.global, out)?;
-            confirm(
-                *auto_approve,
-                &format!(
-                    "apply plan `{}`: {} collection(s) from {} into lancedb `{}`",
-                    plan.name,
-                    plan.collections.len(),
-                    plan.source.describe(),
-                    plan.target.uri
-                ),
-            )?;
+            if !*auto_approve {
+                // Like `terraform apply`: the plan first, then the question;
+                // nothing to do asks nothing.
+                use std::io::IsTerminal;
+                if std::io::stdin().is_terminal() {
+                    let report = runtime()?.block_on(crate::diff::plan(&plan))?;
+                    eprint!("{}", crate::diff::render::text(&report, out.stderr_color()));
+                    if report.has_changes() {
+                        confirm(false, &format!("apply plan `{}`", plan.name))?;
+                    }
+                } else {
+                    confirm(false, &format!("apply plan `{}`", plan.name))?;
+                }
+            }
             let progress = std::sync::Arc::new(progress::Progress::new(out.stderr_is_terminal()));
             let summary = runtime()?.block_on(crate::engine::apply(
                 plan,

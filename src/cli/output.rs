@@ -19,6 +19,10 @@ pub struct Reported;
 
 pub struct Output {
     color: bool,
+    /// `--color always`, or `auto` without `NO_COLOR`: color may go to a
+    /// stream that is a terminal.
+    choice: ColorChoice,
+    no_color: bool,
 }
 
 impl Output {
@@ -29,7 +33,26 @@ impl Output {
             ColorChoice::Never => false,
             ColorChoice::Auto => !no_color && std::io::stderr().is_terminal(),
         };
-        Output { color }
+        Output {
+            color,
+            choice,
+            no_color,
+        }
+    }
+
+    /// Whether data printed on stdout may be colored: a terminal, and
+    /// neither `NO_COLOR` nor `--color never` (never when piped).
+    pub fn stdout_color(&self) -> bool {
+        match self.choice {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => !self.no_color && std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// Whether stderr output may be colored.
+    pub fn stderr_color(&self) -> bool {
+        self.color
     }
 
     pub fn stderr_is_terminal(&self) -> bool {

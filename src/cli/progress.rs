@@ -30,9 +30,21 @@ impl CopyProgress for Progress {
                 let b = m.add(ProgressBar::new(total));
                 b.set_style(
                     ProgressStyle::with_template(
-                        "{prefix:>20} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}",
+                        "{prefix:>20} [{bar:30}] {pos}/{len} rows  {rate}  eta {eta}",
                     )
                     .expect("valid template")
+                    // Whole rows a second with separators (`30,490 rows/s`),
+                    // not indicatif's `30489.9661/s`.
+                    .with_key(
+                        "rate",
+                        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(
+                                w,
+                                "{} rows/s",
+                                crate::diff::render::thousands(s.per_sec().round() as u64)
+                            );
+                        },
+                    )
                     .progress_chars("=> "),
                 );
                 b.set_prefix(table.to_string());
@@ -69,8 +81,9 @@ impl CopyProgress for Progress {
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
-                "copy `{table}`: {n} rows written in {secs:.1}s ({:.0} rows/s)",
-                n as f64 / secs.max(1e-9)
+                "copy `{table}`: {} rows written in {secs:.1}s ({} rows/s)",
+                crate::diff::render::thousands(n),
+                crate::diff::render::thousands((n as f64 / secs.max(1e-9)).round() as u64)
             );
         }
     }

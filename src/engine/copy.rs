@@ -60,7 +60,10 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
     // (at the snapshot, so this apply's own rows never count)?
     let overlap = match before {
         Some(b) if decide::needs_overlap(c.mode, before, recorded) && !ctx.allow_duplicates => {
-            Some(source_ids_in_table(ctx, c, b.version).await?)
+            Some(
+                crate::verify::source_ids_in_table(ctx.source.as_ref(), &ctx.target, c, b.version)
+                    .await?,
+            )
         }
         _ => None,
     };
@@ -345,38 +348,4 @@ async fn checkpoint_saved(
         crate::failpoint::hit_rows("checkpoint", table.as_str(), written);
     }
     Ok(())
-}
-
-/// How many of the source's ids the table held at `version` (the guard of
-/// a fresh `append`). The table's id column is scanned into 64-bit hashes
-/// (8 bytes a row), then the source's ids are streamed against them; a hash
-/// match is confirmed by asking the table for those exact ids, so a
-/// collision never refuses an apply.
-async fn source_ids_in_table(
-    ctx: &Arc<Ctx>,
-    c: &Collection,
-    version: u64,
-) -> Result<u64, StepError> {
-    let key = c
-        .id_column()
-        .expect("a checked plan has an id column")
-        .name
-        .clone();
-    let in_table = ctx.target.id_hashes(&c.table, &key, version).await?;
-    let mut candidates: Vec<String> = Vec::new();
-    let mut ids = ctx.source.read_ids(&c.source, c.batch_size as usize);
-    while let Some(batch) = ids.try_next().await? {
-        for id in batch {
-            if in_table.contains(&crate::target::id_hash(&id)) {
-                candidates.push(id);
-            }
-        }
-    }
-    if candidates.is_empty() {
-        return Ok(0);
-    }
-    Ok(ctx
-        .target
-        .count_ids(&c.table, &key, &candidates, version)
-        .await?)
 }

@@ -261,6 +261,31 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
 
         let indexes = check_indexes(cs, &cp, &ctx, &columns, loc, &mut errs);
         let validate = check_validate(cs, &cp, &ctx, loc, &mut errs);
+        let mut nolint = Vec::new();
+        for (i, n) in cs.nolint.iter().flatten().enumerate() {
+            if crate::diff::lint::Code::parse(&n.code).is_none() {
+                errs.push(loc.diag(
+                    loc.value(&format!("{cp}/nolint/{i}/code")),
+                    format!("{ctx}: `{}` is not a lint code", n.code),
+                    format!(
+                        "the codes are {} (docs/lint.md)",
+                        crate::diff::lint::Code::ALL
+                            .iter()
+                            .map(|c| format!("`{}`", c.id()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if n.reason.trim().is_empty() {
+                errs.push(loc.diag(
+                    loc.value(&format!("{cp}/nolint/{i}/reason")),
+                    format!("{ctx}: accepting `{}` needs a reason", n.code),
+                    "say why the finding is acceptable; reviewers read it in every plan",
+                ));
+            }
+            nolint.push((n.code.clone(), n.reason.trim().to_string()));
+        }
 
         collections.push(Collection {
             source: cs.source.clone(),
@@ -271,6 +296,7 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
             indexes,
             validate,
             default_columns,
+            nolint,
         });
     }
 

@@ -158,6 +158,8 @@ pub struct Collection {
     pub validate: Validate,
     /// True when `columns` was omitted and the default mapping applies.
     pub default_columns: bool,
+    /// Lint findings accepted for this collection: code → reason.
+    pub nolint: Vec<(String, String)>,
 }
 
 impl Collection {

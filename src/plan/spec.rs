@@ -199,6 +199,21 @@ pub struct CollectionSpec {
     /// Checks run after the copy. Omitted: every check, over all records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate: Option<ValidateSpec>,
+    /// Lint findings of `lanceferry plan` accepted for this collection, each with the reason (see docs/lint.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nolint: Option<Vec<NolintSpec>>,
+}
+
+/// One accepted lint finding.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NolintSpec {
+    /// The lint code, e.g. `DS101`.
+    #[schemars(regex(pattern = r"^[A-Z]{2}[0-9]{3}$"))]
+    pub code: String,
+    /// Why this finding is accepted; shown next to it in every plan output.
+    #[schemars(length(min = 1))]
+    pub reason: String,
 }
 
 /// How `apply` writes a table.

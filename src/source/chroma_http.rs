@@ -17,7 +17,9 @@
 //! the count is taken before and after, and a difference (or a page that
 //! ends early) is an error naming both counts. Integers in metadata are
 //! parsed as i64 (serde_json keeps them exact); vectors are parsed straight
-//! into one flat `f32` buffer per page.
+//! into one flat `f32` buffer per page. `read_fields` pages the same way but
+//! leaves `embeddings` out of `include` (Chroma sends vectors only when
+//! asked), so the server neither loads nor sends them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -102,6 +104,32 @@ enum ApiVersion {
 struct Api {
     version: ApiVersion,
     max_batch_size: Option<usize>,
+}
+
+/// What a `get` asks for. The names are the same in v1 (0.4.x included,
+/// which knows `uris`) and v2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Include {
+    /// Whole records.
+    Records,
+    /// The vectors alone (a 0.4 collection's dimension).
+    Embeddings,
+    /// Everything but the vectors (`read_fields`).
+    Fields,
+}
+
+impl Include {
+    fn names(self) -> Value {
+        match self {
+            Include::Records => json!(["embeddings", "documents", "metadatas", "uris"]),
+            Include::Embeddings => json!(["embeddings"]),
+            Include::Fields => json!(["documents", "metadatas", "uris"]),
+        }
+    }
+
+    fn vectors(self) -> bool {
+        self != Include::Fields
+    }
 }
 
 /// A Chroma server.
@@ -220,6 +248,26 @@ impl ChromaHttp {
 }
 
 impl ChromaHttp {
+    /// A collection's pages, fetched on a task of their own (one page ahead
+    /// of the consumer, as the channel holds two).
+    fn stream(
+        &self,
+        collection: &str,
+        batch_size: usize,
+        include: Include,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let inner = self.inner.clone();
+        let name = collection.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = inner.read_into(&name, batch_size, include, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
     /// Which API the server speaks, `v1` or `v2` (probing it if not yet done).
     pub async fn api_generation(&self) -> Result<&'static str, SourceError> {
         Ok(match self.inner.api().await?.version {
@@ -548,7 +596,13 @@ impl Inner {
             // 0.4 does not say: the first record's vector does.
             None if count > 0 => {
                 let page = self
-                    .get_page(api, &id, &name, json!({"limit": 1, "offset": 0}), true)
+                    .get_page(
+                        api,
+                        &id,
+                        &name,
+                        json!({"limit": 1, "offset": 0}),
+                        Include::Embeddings,
+                    )
                     .await?;
                 (page.dim > 0).then_some(page.dim as u32)
             }
@@ -638,13 +692,9 @@ impl Inner {
         id: &str,
         name: &str,
         mut body: Value,
-        embeddings_only: bool,
+        include: Include,
     ) -> Result<SourceBatch, SourceError> {
-        body["include"] = if embeddings_only {
-            json!(["embeddings"])
-        } else {
-            json!(["embeddings", "documents", "metadatas", "uris"])
-        };
+        body["include"] = include.names();
         let what = format!("reading collection `{name}`");
         let resp: GetResponse = self
             .call(
@@ -654,13 +704,14 @@ impl Inner {
                 &what,
             )
             .await?;
-        resp.into_batch().map_err(|reason| SourceError::Server {
-            url: self.shown.clone(),
-            what,
-            status: None,
-            message: reason,
-            hint: "the server's answer is inconsistent; check the server's log".into(),
-        })
+        resp.into_batch(include.vectors())
+            .map_err(|reason| SourceError::Server {
+                url: self.shown.clone(),
+                what,
+                status: None,
+                message: reason,
+                hint: "the server's answer is inconsistent; check the server's log".into(),
+            })
     }
 
     fn page_size(&self, api: Api, batch_size: usize) -> usize {
@@ -669,10 +720,13 @@ impl Inner {
             .min(api.max_batch_size.unwrap_or(usize::MAX))
     }
 
+    /// Pages through a collection by offset, asking for `include`, and
+    /// checks afterwards that its count did not change meanwhile.
     async fn read_into(
         &self,
         name: &str,
         batch_size: usize,
+        include: Include,
         tx: &tokio::sync::mpsc::Sender<Result<SourceBatch, SourceError>>,
     ) -> Result<(), SourceError> {
         let (api, info) = self.lookup(name).await?;
@@ -685,7 +739,7 @@ impl Inner {
                     &info.id,
                     name,
                     json!({"limit": page, "offset": offset}),
-                    false,
+                    include,
                 )
                 .await?;
             let n = batch.len();
@@ -716,7 +770,13 @@ impl Inner {
         let mut out = SourceBatch::default();
         for chunk in ids.chunks(page) {
             let b = self
-                .get_page(api, &info.id, name, json!({ "ids": chunk }), false)
+                .get_page(
+                    api,
+                    &info.id,
+                    name,
+                    json!({ "ids": chunk }),
+                    Include::Records,
+                )
                 .await?;
             out.append(b);
         }
@@ -743,16 +803,17 @@ impl Source for ChromaHttp {
         collection: &str,
         batch_size: usize,
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
-        use futures::StreamExt;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let inner = self.inner.clone();
-        let name = collection.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = inner.read_into(&name, batch_size, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        self.stream(collection, batch_size, Include::Records)
+    }
+
+    /// The pages of [`Source::read`], with the same count check, asked
+    /// without `embeddings`.
+    fn read_fields(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        self.stream(collection, batch_size, Include::Fields)
     }
 
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
@@ -836,15 +897,19 @@ struct GetResponse {
 }
 
 impl GetResponse {
-    fn into_batch(self) -> Result<SourceBatch, String> {
+    /// The answer as a batch. `with_vectors`: embeddings were asked for;
+    /// if not, the batch has none (dimension 0), whatever the server sent.
+    fn into_batch(self, with_vectors: bool) -> Result<SourceBatch, String> {
         let n = self.ids.len();
-        let vectors = self.embeddings.unwrap_or_default();
-        if vectors.rows != n {
-            return Err(format!(
-                "{} ids but {} embeddings in one answer",
-                n, vectors.rows
-            ));
-        }
+        let vectors = if with_vectors {
+            let v = self.embeddings.unwrap_or_default();
+            if v.rows != n {
+                return Err(format!("{} ids but {} embeddings in one answer", n, v.rows));
+            }
+            v
+        } else {
+            FlatVectors::default()
+        };
         let column = |c: Option<Vec<Option<String>>>, what: &str| match c {
             None => Ok(vec![None; n]),
             Some(v) if v.len() == n => Ok(v),
@@ -967,7 +1032,7 @@ mod tests {
             "metadatas":[{},{"big":9007199254740993,"f":0.5,"l":[1,2]}],"include":[]}"#;
         let b = serde_json::from_slice::<GetResponse>(body)
             .unwrap()
-            .into_batch()
+            .into_batch(true)
             .unwrap();
         assert_eq!(b.dim, 2);
         assert_eq!(b.embeddings, vec![1.5, 2.0, 3.0, 4.25]);
@@ -985,15 +1050,59 @@ mod tests {
         let short = br#"{"ids":["a","b"],"embeddings":[[1,2]]}"#;
         let err = serde_json::from_slice::<GetResponse>(short)
             .unwrap()
-            .into_batch()
+            .into_batch(true)
             .unwrap_err();
         assert!(err.contains("2 ids but 1 embeddings"), "{err}");
         let none = br#"{"ids":[],"embeddings":null,"documents":[]}"#;
         let b = serde_json::from_slice::<GetResponse>(none)
             .unwrap()
-            .into_batch()
+            .into_batch(true)
             .unwrap();
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_fields_answer_becomes_a_batch_without_vectors() {
+        // What `read_fields` asks for: no `embeddings`, the rest as `read`.
+        assert_eq!(
+            Include::Fields.names(),
+            json!(["documents", "metadatas", "uris"])
+        );
+        assert!(!Include::Fields.vectors() && Include::Records.vectors());
+        // 1.x answers `"embeddings": null`, 0.4 leaves the key out; a server
+        // that sends vectors anyway has them dropped.
+        let bodies: [&[u8]; 3] = [
+            br#"{"ids":["a","b"],"embeddings":null,"documents":["d",null],
+                "uris":[null,"u"],"metadatas":[{"k":1},null],"include":["documents"]}"#,
+            br#"{"ids":["a","b"],"documents":["d",null],"uris":[null,"u"],
+                "metadatas":[{"k":1},null]}"#,
+            br#"{"ids":["a","b"],"embeddings":[[1,2],[3,4]],"documents":["d",null],
+                "uris":[null,"u"],"metadatas":[{"k":1},null]}"#,
+        ];
+        for body in bodies {
+            let b = serde_json::from_slice::<GetResponse>(body)
+                .unwrap()
+                .into_batch(false)
+                .unwrap();
+            assert_eq!(b.ids, ["a", "b"]);
+            assert_eq!(b.documents, [Some("d".to_string()), None]);
+            assert_eq!(b.uris, [None, Some("u".to_string())]);
+            assert_eq!(
+                b.metadatas,
+                [
+                    Some(Metadata::from([("k".to_string(), MetaValue::Int(1))])),
+                    None
+                ]
+            );
+            assert!(b.embeddings.is_empty() && b.dim == 0 && !b.has_vectors());
+        }
+        // Asked for, missing vectors are still an error.
+        let body = br#"{"ids":["a"],"embeddings":null}"#;
+        let err = serde_json::from_slice::<GetResponse>(body)
+            .unwrap()
+            .into_batch(true)
+            .unwrap_err();
+        assert!(err.contains("1 ids but 0 embeddings"), "{err}");
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub async fn inspect(source: &dyn Source, only: Option<&str>) -> Result<Inspecti
             with_metadata: 0,
             metadata_keys: BTreeMap::new(),
         };
-        let mut stream = source.read(&info.name, 1000);
+        // Statistics need no vectors: the Chroma readers then leave them unread.
+        let mut stream = source.read_fields(&info.name, 1000);
         while let Some(b) = stream.try_next().await? {
             for i in 0..b.len() {
                 r.with_document += u64::from(b.documents[i].is_some());

@@ -3,9 +3,12 @@
 //! Every source (a Chroma persistent directory read directly, a Chroma server
 //! over HTTP, JSON Lines files) lists its collections and streams a
 //! collection as [`SourceBatch`]es whose size is bounded by the requested
-//! batch size, never by the collection size. The copy step, the verifier,
-//! `inspect` and `export` all read through this interface, so a fact about
-//! Chroma is encoded in exactly one place.
+//! batch size, never by the collection size. `read_ids` and `read_fields`
+//! stream records without their vectors, for the checks and statistics that
+//! need no more; a source that can overrides them so that the vectors are
+//! not even read. The copy step, the verifier, `inspect` and `export` all
+//! read through this interface, so a fact about Chroma is encoded in exactly
+//! one place.
 
 pub mod chroma_dir;
 pub mod chroma_http;
@@ -191,6 +194,27 @@ pub trait Source: Send + Sync {
         self.read(collection, batch_size).map_ok(|b| b.ids).boxed()
     }
 
+    /// Streams every live record without its vector (ids, documents, uris,
+    /// metadata; `SourceBatch::embeddings` left empty, dimension 0), in the
+    /// order of [`Source::read`]. By default the records are read and the
+    /// vectors dropped.
+    ///
+    /// For statistics only (`plan` counts metadata keys, their types, and
+    /// records without a key or a document): a batch without vectors must
+    /// never be copied or exported. A source that overrides this reads no
+    /// vector, so it checks none either: a record whose vector is missing
+    /// or damaged is yielded here and makes [`Source::read`] fail.
+    fn read_fields(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        use futures::{StreamExt, TryStreamExt};
+        self.read(collection, batch_size)
+            .map_ok(SourceBatch::without_vectors)
+            .boxed()
+    }
+
     /// The records with the given ids (absent ids are left out).
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError>;
 }
@@ -255,6 +279,70 @@ mod tests {
         let err = s.next().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("boom in the reader"), "{err}");
         assert!(s.next().await.is_none());
+    }
+
+    /// A source holding one batch, for the trait's default methods.
+    struct OneBatch(SourceBatch);
+
+    #[async_trait::async_trait]
+    impl Source for OneBatch {
+        fn describe(&self) -> String {
+            "one batch".into()
+        }
+
+        async fn list_collections(&self) -> Result<Vec<CollectionInfo>, SourceError> {
+            Ok(Vec::new())
+        }
+
+        fn read(
+            &self,
+            _collection: &str,
+            _batch_size: usize,
+        ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+            futures::stream::iter([Ok(self.0.clone())]).boxed()
+        }
+
+        async fn get(
+            &self,
+            _collection: &str,
+            _ids: &[String],
+        ) -> Result<SourceBatch, SourceError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_read_fields_is_read_without_the_vectors() {
+        let mut b = SourceBatch::with_capacity(2, 2);
+        b.push(record::Record {
+            id: "a".into(),
+            document: Some("doc a".into()),
+            uri: None,
+            metadata: Some(BTreeMap::from([("k".to_string(), MetaValue::Int(1))])),
+            embedding: vec![1.0, 2.0],
+        });
+        b.push(record::Record {
+            id: "b".into(),
+            document: None,
+            uri: Some("s3://b".into()),
+            metadata: None,
+            embedding: vec![3.0, 4.0],
+        });
+        assert!(b.has_vectors());
+        let source = OneBatch(b.clone());
+        let mut stream = source.read_fields("c", 10);
+        let f = stream.next().await.unwrap().unwrap();
+        assert!(stream.next().await.is_none());
+        assert_eq!(f.ids, b.ids);
+        assert_eq!(f.documents, b.documents);
+        assert_eq!(f.uris, b.uris);
+        assert_eq!(f.metadatas, b.metadatas);
+        assert!(f.embeddings.is_empty() && f.dim == 0 && !f.has_vectors());
+        // Every record of it reads as having the empty vector, no panic.
+        for i in 0..f.len() {
+            assert!(f.embedding(i).is_empty());
+            assert!(f.record(i).embedding.is_empty());
+        }
     }
 
     #[tokio::test]

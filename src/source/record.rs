@@ -5,6 +5,8 @@
 //! arrive as 2^53 + 1) and a float is never mistaken for an int. Vectors of a
 //! batch are one flat `f32` buffer with the dimension: one allocation per
 //! batch, ready to become an Arrow `FixedSizeList` without copying twice.
+//! A batch from `Source::read_fields` carries no vectors at all: dimension 0
+//! and an empty buffer (see [`SourceBatch::has_vectors`]).
 
 use std::collections::BTreeMap;
 
@@ -76,6 +78,13 @@ impl MetaValue {
 pub type Metadata = BTreeMap<String, MetaValue>;
 
 /// A batch of records, column by column.
+///
+/// Vectors are either all there or all absent. A batch *without vectors*
+/// (from `Source::read_fields`, for statistics) has `dim == 0` and empty
+/// `embeddings`, so every record's [`SourceBatch::embedding`] is the empty
+/// slice and nothing indexes past the buffer. Such a batch is for counting
+/// fields only: the transform finds every one of its vectors invalid (no
+/// table has dimension 0), so it never becomes rows by mistake.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceBatch {
     pub ids: Vec<String>,
@@ -84,6 +93,7 @@ pub struct SourceBatch {
     pub metadatas: Vec<Option<Metadata>>,
     /// `len() == ids.len() * dim`, record after record.
     pub embeddings: Vec<f32>,
+    /// 0 in a batch without vectors.
     pub dim: usize,
 }
 
@@ -115,6 +125,19 @@ impl SourceBatch {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// Whether the records carry vectors (`dim > 0`). An empty batch from
+    /// `Source::read` may say no as well: it had no record to say how long.
+    pub fn has_vectors(&self) -> bool {
+        self.dim > 0
+    }
+
+    /// The batch without its vectors: dimension 0, buffer freed.
+    pub fn without_vectors(mut self) -> Self {
+        self.embeddings = Vec::new();
+        self.dim = 0;
+        self
     }
 
     pub fn push(&mut self, r: Record) {

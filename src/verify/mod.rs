@@ -397,6 +397,40 @@ pub async fn skipped_ids(
     Ok(skipped)
 }
 
+/// How many of the source's ids table `c.table` held at `version` (the
+/// guard of a fresh `append`, and `plan`'s DS102). The table's id column is
+/// scanned into 64-bit hashes (8 bytes a row), then the source's ids are
+/// streamed against them; a hash match is confirmed by asking the table for
+/// those exact ids, so a collision never refuses an apply.
+pub async fn source_ids_in_table(
+    source: &dyn Source,
+    target: &LanceTarget,
+    c: &Collection,
+    version: u64,
+) -> Result<u64, VerifyError> {
+    let key = c
+        .id_column()
+        .expect("a checked plan has an id column")
+        .name
+        .clone();
+    let in_table = target.id_hashes(&c.table, &key, version).await?;
+    let mut candidates: Vec<String> = Vec::new();
+    let mut ids = source.read_ids(&c.source, c.batch_size as usize);
+    while let Some(batch) = ids.try_next().await? {
+        for id in batch {
+            if in_table.contains(&crate::target::id_hash(&id)) {
+                candidates.push(id);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    Ok(target
+        .count_ids(&c.table, &key, &candidates, version)
+        .await?)
+}
+
 /// `lanceferry verify`: every collection of a plan against its table.
 /// `before` gives, per table, the table before the last apply.
 pub async fn verify_plan(

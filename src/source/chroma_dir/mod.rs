@@ -19,7 +19,10 @@
 //! the collections of exactly one of them.
 //!
 //! Records come out in the metadata segment's insertion order (SQLite rowid),
-//! then the records that exist only in the queue, in queue order. Memory is
+//! then the records that exist only in the queue, in queue order. Reads
+//! without vectors (`read_ids`, `read_fields`) take the same pages and the
+//! same replay of the queue's metadata view, and never open the vector
+//! segment (no HNSW file, no pickle): they yield the same records. Memory is
 //! one batch plus three per-collection maps that hold no vectors: the HNSW
 //! label → slot map, the pickle's id ↔ label maps, and the replayed queue
 //! (bounded by Chroma's sync threshold). The directory is never written:
@@ -49,7 +52,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::record::SourceBatch;
 use super::{CollectionInfo, Source, SourceError};
 use crate::plan::model::{DEFAULT_DATABASE, DEFAULT_TENANT};
-use reader::CollectionCtx;
+use reader::{CollectionCtx, Vectors};
 
 const DOCUMENT_KEY: &str = "chroma:document";
 const URI_KEY: &str = "chroma:uri";
@@ -147,14 +150,20 @@ impl ChromaDir {
         let conn = self.connect()?;
         let mut out = Vec::new();
         for meta in self.collections(&conn)? {
-            let ctx = CollectionCtx::load(&conn, &self.path, meta)?;
+            // The HNSW header may be the only record of the dimension.
+            let ctx = CollectionCtx::load(&conn, &self.path, meta, Vectors::Read)?;
             out.push(ctx.info(&conn)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    fn ctx(&self, conn: &Connection, name: &str) -> Result<CollectionCtx, SourceError> {
+    fn ctx(
+        &self,
+        conn: &Connection,
+        name: &str,
+        vectors: Vectors,
+    ) -> Result<CollectionCtx, SourceError> {
         let all = self.collections(conn)?;
         let names: Vec<String> = all.iter().map(|c| c.name.clone()).collect();
         let Some(meta) = all.into_iter().find(|c| c.name == name) else {
@@ -164,7 +173,7 @@ impl ChromaDir {
                 names.iter().map(String::as_str),
             ));
         };
-        CollectionCtx::load(conn, &self.path, meta)
+        CollectionCtx::load(conn, &self.path, meta, vectors)
     }
 
     /// Reads a whole collection in batches, calling `sink` for each; stops
@@ -173,11 +182,22 @@ impl ChromaDir {
         &self,
         name: &str,
         batch_size: usize,
+        sink: impl FnMut(Result<SourceBatch, SourceError>) -> bool,
+    ) {
+        self.read_with(name, batch_size, Vectors::Read, sink)
+    }
+
+    /// [`ChromaDir::read_sync`], with or without the vectors.
+    fn read_with(
+        &self,
+        name: &str,
+        batch_size: usize,
+        vectors: Vectors,
         mut sink: impl FnMut(Result<SourceBatch, SourceError>) -> bool,
     ) {
         let mut run = || -> Result<(), SourceError> {
             let conn = self.connect()?;
-            let ctx = self.ctx(&conn, name)?;
+            let ctx = self.ctx(&conn, name, vectors)?;
             ctx.read(&conn, batch_size.max(1), &mut |b| sink(Ok(b)))
         };
         if let Err(e) = run() {
@@ -188,7 +208,7 @@ impl ChromaDir {
     /// The records with the given ids.
     pub fn get_sync(&self, name: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
         let conn = self.connect()?;
-        let ctx = self.ctx(&conn, name)?;
+        let ctx = self.ctx(&conn, name, Vectors::Read)?;
         ctx.get(&conn, ids)
     }
 }
@@ -220,7 +240,7 @@ impl Source for ChromaDir {
         let name = name.to_string();
         super::run_blocking(move || {
             let conn = me.connect()?;
-            me.ctx(&conn, &name)?.info(&conn)
+            me.ctx(&conn, &name, Vectors::Read)?.info(&conn)
         })
         .await
     }
@@ -236,7 +256,7 @@ impl Source for ChromaDir {
     }
 
     /// Ids from SQLite and the queue replay alone: no vector or metadata
-    /// is read.
+    /// is read, the vector segment is not even opened.
     fn read_ids(
         &self,
         collection: &str,
@@ -248,7 +268,7 @@ impl Source for ChromaDir {
         super::blocking_stream(move |sink| {
             let run = |sink: &mut dyn FnMut(Result<SourceBatch, SourceError>) -> bool| {
                 let conn = me.connect()?;
-                let ctx = me.ctx(&conn, &name)?;
+                let ctx = me.ctx(&conn, &name, Vectors::Skip)?;
                 ctx.read_ids(&conn, batch_size.max(1), &mut |ids| {
                     sink(Ok(SourceBatch {
                         ids,
@@ -262,6 +282,18 @@ impl Source for ChromaDir {
         })
         .map_ok(|b| b.ids)
         .boxed()
+    }
+
+    /// The records of [`Source::read`] from SQLite and the queue replay
+    /// alone: the vector segment (HNSW files, pickle) is never opened.
+    fn read_fields(
+        &self,
+        collection: &str,
+        batch_size: usize,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        let me = self.clone();
+        let name = collection.to_string();
+        super::blocking_stream(move |sink| me.read_with(&name, batch_size, Vectors::Skip, sink))
     }
 
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {

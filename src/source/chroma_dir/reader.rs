@@ -1,6 +1,10 @@
 //! One collection, assembled: its catalog entry and settings, its HNSW
 //! files, the queue replayed on both, and the records read page by page
 //! from SQLite with their vectors from the queue overlay or the HNSW files.
+//!
+//! Loaded with [`Vectors::Skip`], the same pages and the same replay of the
+//! metadata view yield the same records without vectors, and the vector
+//! segment is never opened: no HNSW file, no pickle.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,13 +19,29 @@ use crate::plan::DistanceSpace;
 use crate::source::record::{MetaValue, SourceBatch};
 use crate::source::{CollectionInfo, SourceError};
 
+/// Whether a collection is read with its vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Vectors {
+    /// Whole records: the HNSW files are opened and the queue is replayed
+    /// on both segments.
+    Read,
+    /// Ids, documents, uris and metadata only (`read_ids`, `read_fields`):
+    /// the vector segment is left alone, and only the metadata view of the
+    /// queue is replayed. That view never asks the vector segment anything,
+    /// so the records are exactly those of [`Vectors::Read`].
+    Skip,
+}
+
 /// Everything needed to read one collection.
 pub(super) struct CollectionCtx {
     meta: CollectionMeta,
     dir: PathBuf,
     place: Place,
     space: DistanceSpace,
+    vectors: Vectors,
+    /// Under [`Vectors::Skip`] only what SQLite and the queue say.
     dim: Option<usize>,
+    /// `None` under [`Vectors::Skip`].
     hnsw: Option<Hnsw>,
     /// The directory has list-valued metadata (`embedding_metadata_array`).
     arrays: bool,
@@ -68,14 +88,23 @@ impl CollectionCtx {
         conn: &Connection,
         dir: &Path,
         meta: CollectionMeta,
+        vectors: Vectors,
     ) -> Result<Self, SourceError> {
         let e = sqlite_err(dir);
         let (collection_metadata, space) = catalog::settings(conn, dir, &meta)?;
 
-        // The vector segment's files and position.
+        // The vector segment's files and position. Without vectors its
+        // position does not matter either (it only decides which queue rows
+        // reach the vector view), and finding it can mean parsing the
+        // pickle (0.4.x keeps it there).
         let mut hnsw = None;
-        let mut vector_seq = 0i64;
-        if let Some(vs) = &meta.vector_segment {
+        let mut vector_seq = match vectors {
+            Vectors::Read => 0i64,
+            Vectors::Skip => i64::MAX,
+        };
+        if vectors == Vectors::Read
+            && let Some(vs) = &meta.vector_segment
+        {
             let seg_dir = dir.join(vs);
             let pickle = Pickle::new(seg_dir.join("index_metadata.pickle"), meta.name.clone());
             // The pickle (an id → label entry per vector) is read only when
@@ -128,6 +157,10 @@ impl CollectionCtx {
             collection: meta.name.clone(),
         };
         let arrays = pages::has_array_table(conn, dir)?;
+        // Under `Vectors::Skip` the vector position is `i64::MAX`: only the
+        // rows above the metadata segment's are read, and no row reaches
+        // the vector view, whose replay would ask the HNSW files (and the
+        // pickle) whether they hold an id.
         let positions = Positions {
             metadata: metadata_seq,
             vector: vector_seq,
@@ -147,6 +180,7 @@ impl CollectionCtx {
             dir: dir.to_path_buf(),
             place,
             space,
+            vectors,
             dim,
             hnsw,
             arrays,
@@ -165,6 +199,8 @@ impl CollectionCtx {
         }
     }
 
+    /// The collection's facts; its dimension is known for sure only when
+    /// loaded with [`Vectors::Read`] (the HNSW header may be its only record).
     pub(super) fn info(&self, conn: &Connection) -> Result<CollectionInfo, SourceError> {
         Ok(CollectionInfo {
             name: self.meta.name.clone(),
@@ -190,9 +226,17 @@ impl CollectionCtx {
         Ok(count.max(0) as u64)
     }
 
-    /// Appends record `id` to `batch`: its fields, and its vector from the
-    /// queue overlay, from `page` (the page's slots, read in bulk) or,
-    /// failing those, from the HNSW files directly.
+    /// The dimension of the batches read: 0 (no vectors) under
+    /// [`Vectors::Skip`].
+    fn batch_dim(&self) -> usize {
+        match self.vectors {
+            Vectors::Read => self.dim.unwrap_or(0),
+            Vectors::Skip => 0,
+        }
+    }
+
+    /// Appends record `id` to `batch`: its fields, and (under
+    /// [`Vectors::Read`]) its vector.
     fn push_record(
         &self,
         batch: &mut SourceBatch,
@@ -200,8 +244,28 @@ impl CollectionCtx {
         fields: Fields,
         page: Option<&PageVectors>,
     ) -> Result<(), SourceError> {
+        if self.vectors == Vectors::Read {
+            self.push_vector(batch, &id, page)?;
+        }
+        let metadata = (!fields.metadata.is_empty()).then_some(fields.metadata);
+        batch.ids.push(id);
+        batch.documents.push(fields.document);
+        batch.uris.push(fields.uri);
+        batch.metadatas.push(metadata);
+        Ok(())
+    }
+
+    /// Appends the vector of record `id` to `batch`: from the queue
+    /// overlay, from `page` (the page's slots, read in bulk) or, failing
+    /// those, from the HNSW files directly.
+    fn push_vector(
+        &self,
+        batch: &mut SourceBatch,
+        id: &str,
+        page: Option<&PageVectors>,
+    ) -> Result<(), SourceError> {
         let before = batch.embeddings.len();
-        match self.overlay.vectors.get(&id) {
+        match self.overlay.vectors.get(id) {
             Some(Some(v)) => batch.embeddings.extend_from_slice(v),
             Some(None) => {
                 return Err(self
@@ -211,13 +275,13 @@ impl CollectionCtx {
             None => {
                 let found = match &self.hnsw {
                     Some(h) => {
-                        let in_page = match (page, h.label_of(&id)?) {
+                        let in_page = match (page, h.label_of(id)?) {
                             (Some(v), Some(label)) => h.likely_slot(label).is_some_and(|slot| {
                                 h.vector_in(v, slot, label, &mut batch.embeddings)
                             }),
                             _ => false,
                         };
-                        in_page || h.vector(&id, &mut batch.embeddings)?
+                        in_page || h.vector(id, &mut batch.embeddings)?
                     }
                     None => false,
                 };
@@ -235,21 +299,18 @@ impl CollectionCtx {
                 batch.dim
             )));
         }
-        let metadata = (!fields.metadata.is_empty()).then_some(fields.metadata);
-        batch.ids.push(id);
-        batch.documents.push(fields.document);
-        batch.uris.push(fields.uri);
-        batch.metadatas.push(metadata);
         Ok(())
     }
 
+    /// Every live record, in batches of `batch_size`: with vectors, or
+    /// without them (dimension 0) as the context was loaded.
     pub(super) fn read(
         &self,
         conn: &Connection,
         batch_size: usize,
         sink: &mut dyn FnMut(SourceBatch) -> bool,
     ) -> Result<(), SourceError> {
-        let dim = self.dim.unwrap_or(0);
+        let dim = self.batch_dim();
         let mut batch = SourceBatch::with_capacity(batch_size, dim);
         let mut last = i64::MIN;
         let mut vectors = PageVectors::default();
@@ -271,7 +332,8 @@ impl CollectionCtx {
             let mut fields = pages::fields(conn, &self.dir, self.arrays, &needs_sqlite)?;
             // The page's vectors in a few large reads: slots sorted and cut
             // into runs without big gaps (records written together sit in
-            // nearby slots, though not always in row order).
+            // nearby slots, though not always in row order). Under
+            // `Vectors::Skip` there are no HNSW files open.
             if let Some(h) = &self.hnsw {
                 let labels = h.labels()?;
                 // Check one guess first: where labels are scattered (1.x)
@@ -379,7 +441,7 @@ impl CollectionCtx {
         conn: &Connection,
         ids: &[String],
     ) -> Result<SourceBatch, SourceError> {
-        let mut batch = SourceBatch::with_capacity(ids.len(), self.dim.unwrap_or(0));
+        let mut batch = SourceBatch::with_capacity(ids.len(), self.batch_dim());
         let base = self.base(conn);
         for id in ids {
             if let Some(f) = self.overlay.fields_of(&base, id)? {
