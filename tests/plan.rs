@@ -405,3 +405,100 @@ fn markdown_stays_under_the_comment_limit() {
     assert!(md.starts_with("<!-- lanceferry plan: many -->"));
     assert!(md.contains("**Plan: 400 to create, 0 to change, 0 to replace; 1,200 rows to copy.**"));
 }
+
+/// The commands of the pull-request job in docs/ci.md, in order: plan as
+/// Markdown with `--detailed-exitcode` and `--out`, then (on merge) apply
+/// exactly the saved plan; a saved plan whose target moved is refused,
+/// naming what moved, and writes nothing.
+#[test]
+fn the_ci_job_plans_saves_and_applies_exactly_that() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    collection(&d.join("src"), "docs", 0..80, 8, 1.0, plain);
+    collection(&d.join("src"), "more", 500..510, 8, 1.0, plain);
+    // The target comes from a variable, as in every environment; a
+    // secret-named variable is never written into the saved plan.
+    let p = plan_file(d, "ci", "l2", &docs("upsert"));
+    let text_p = std::fs::read_to_string(&p).unwrap().replace(
+        &format!("uri: {} }}", d.join("lancedb").display()),
+        "uri: \"${LANCEDB_URI}\", storage_options: { api_key: \"${LANCE_API_KEY}\" } }",
+    );
+    std::fs::write(&p, text_p).unwrap();
+    let saved = d.join("plan.saved.json");
+    let lance = d.join("lancedb");
+    let env = [
+        ("LANCEDB_URI", lance.to_str().unwrap()),
+        ("LANCE_API_KEY", "KEY-5ec2e7-never-saved"),
+    ];
+    let plan_cmd = |out: &Path| {
+        let mut cmd = common::lanceferry();
+        cmd.args([
+            "plan",
+            p.to_str().unwrap(),
+            "--format",
+            "markdown",
+            "--detailed-exitcode",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let o = plan_cmd(&saved);
+    assert_eq!(o.status.code(), Some(2), "changes: {}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("<!-- lanceferry plan: ci -->"));
+    let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let body = std::fs::read_to_string(&saved).unwrap();
+    assert!(!body.contains("KEY-5ec2e7"), "{body}");
+    assert!(body.contains("LANCE_API_KEY"), "recorded by name");
+
+    // Merge: apply exactly the saved plan (the secret from the environment,
+    // the rest from the file; no question asked).
+    let o = common::lanceferry()
+        .args(["apply", saved.to_str().unwrap()])
+        .env("LANCE_API_KEY", "KEY-5ec2e7-never-saved")
+        .env_remove("LANCEDB_URI")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("80 rows; count and id set match"),
+        "{}",
+        text(&o)
+    );
+
+    // A new saved plan, then the table moves before it is applied.
+    collection(&d.join("src"), "docs", 0..90, 8, 1.0, plain);
+    let second = d.join("second.saved.json");
+    assert_eq!(plan_cmd(&second).status.code(), Some(2));
+    let other = plan_file(
+        d,
+        "other",
+        "l2",
+        &format!("  - source: more\n    table: docs\n    mode: append\n{COLUMNS}"),
+    );
+    let t = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("/state }", "/state-other }");
+    std::fs::write(&other, t).unwrap();
+    apply(&other);
+    let before = files(&lance);
+    let o = common::lanceferry()
+        .args(["apply", second.to_str().unwrap()])
+        .env("LANCE_API_KEY", "x")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("is stale")
+            && t.contains("table `docs` is at version")
+            && t.contains("the plan was made at version"),
+        "{t}"
+    );
+    assert_eq!(files(&lance), before, "nothing written");
+}

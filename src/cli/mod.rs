@@ -88,6 +88,9 @@ enum Command {
         /// Where lint codes link to in Markdown (the address of docs/lint.md).
         #[arg(long, value_name = "URL", default_value = "docs/lint.md")]
         lint_docs: String,
+        /// Save the plan with what it was made against; `apply FILE` applies exactly that.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Print a JSON Schema: of the plan format (schemas/plan.schema.json), or of `plan --format json` output.
     Schema {
@@ -97,7 +100,7 @@ enum Command {
     },
     /// Execute the plan: back up, copy, index, validate, report; resumes an interrupted apply.
     Apply {
-        /// The plan file.
+        /// The plan file, or a saved plan (`plan --out`), applied exactly and only if nothing moved.
         plan: PathBuf,
         /// Do not ask for confirmation (for CI and scripts).
         #[arg(long)]
@@ -416,14 +419,32 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             }
         }
         Command::Plan {
-            plan,
+            plan: plan_file,
             format,
             detailed_exitcode,
             fail_on,
             lint_docs,
+            out: save_to,
         } => {
-            let plan = load(plan, &cli.global, out)?;
-            let report = runtime()?.block_on(crate::diff::plan(&plan))?;
+            let plan = load(plan_file, &cli.global, out)?;
+            let rt = runtime()?;
+            let report = rt.block_on(crate::diff::plan(&plan))?;
+            if let Some(path) = save_to {
+                let facts = rt.block_on(crate::diff::saved::current_facts(&plan))?;
+                crate::diff::saved::save(
+                    path,
+                    plan_file,
+                    &plan,
+                    &vars(&cli.global)?,
+                    facts,
+                    &report,
+                )?;
+                eprintln!(
+                    "saved the plan to `{}`; `lanceferry apply {}` applies exactly this",
+                    path.display(),
+                    path.display()
+                );
+            }
             match format {
                 PlanFormat::Text => stdout
                     .write_all(crate::diff::render::text(&report, out.stdout_color()).as_bytes())?,
@@ -474,6 +495,45 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             allow_duplicates,
             json,
         } => {
+            // A saved plan (`plan --out`) is applied as reviewed, without a
+            // question, and only to what it was made against.
+            if let Some(saved) = crate::diff::saved::read(plan)? {
+                let vars = saved.vars(&cli.global.var_files, &cli.global.vars)?;
+                let plan_path = PathBuf::from(&saved.plan_file);
+                let resolved = match plan::load_str(&saved.plan_yaml, &plan_path, &vars) {
+                    Ok(p) => p,
+                    Err(d) => {
+                        out.diagnostics(&d);
+                        return Err(output::Reported.into());
+                    }
+                };
+                let progress =
+                    std::sync::Arc::new(progress::Progress::new(out.stderr_is_terminal()));
+                let summary = runtime()?.block_on(crate::engine::apply(
+                    resolved,
+                    crate::engine::ApplyOptions {
+                        fail_fast: *fail_fast,
+                        lock_timeout: std::time::Duration::from_secs(*lock_timeout),
+                        allow_duplicates: *allow_duplicates,
+                        expect: Some(crate::engine::Expected {
+                            facts: saved.facts.clone(),
+                            path: plan.clone(),
+                            plan_file: saved.plan_file.clone(),
+                        }),
+                        progress,
+                    },
+                ))?;
+                if *json {
+                    writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+                } else {
+                    stdout.write_all(output::apply_summary(&summary).as_bytes())?;
+                }
+                return Ok(if summary.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
             let plan = load(plan, &cli.global, out)?;
             if !*auto_approve {
                 // Like `terraform apply`: the plan first, then the question;
@@ -496,6 +556,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                     fail_fast: *fail_fast,
                     lock_timeout: std::time::Duration::from_secs(*lock_timeout),
                     allow_duplicates: *allow_duplicates,
+                    expect: None,
                     progress,
                 },
             ))?;

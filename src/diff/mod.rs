@@ -12,6 +12,7 @@
 
 pub mod lint;
 pub mod render;
+pub mod saved;
 
 use std::collections::BTreeMap;
 
@@ -124,6 +125,21 @@ pub struct SourceFacts {
     pub count: u64,
     pub dimension: Option<u32>,
     pub space: String,
+    /// Metadata key → type → records holding it (a full pass over the
+    /// metadata, no vectors; empty when apply would copy nothing).
+    pub metadata_keys: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// The state's record of the last apply to this target.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct LastApply {
+    pub id: String,
+    pub status: String,
+    pub fingerprint: String,
+    /// Whether it was made with this plan (same fingerprint).
+    pub same_plan: bool,
+    /// Table → the version the apply left it at.
+    pub versions_left: BTreeMap<String, u64>,
 }
 
 /// One collection's block of the plan.
@@ -168,6 +184,8 @@ pub struct PlanReport {
     pub source: String,
     pub target: String,
     pub start: StartKind,
+    /// `None`: this plan was never applied to this target.
+    pub last_apply: Option<LastApply>,
     pub summary: Summary,
     pub collections: Vec<CollectionPlan>,
 }
@@ -390,10 +408,27 @@ pub async fn plan(plan: &Plan) -> Result<PlanReport, DiffError> {
     Ok(PlanReport {
         format_version: FORMAT_VERSION.into(),
         plan: plan.name.clone(),
-        fingerprint,
+        fingerprint: fingerprint.clone(),
         source: plan.source.describe(),
         target: store.target.clone(),
         start: start_kind,
+        last_apply: last.map(|l| LastApply {
+            id: l.id.clone(),
+            status: serde_json::to_value(l.status)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            fingerprint: l.fingerprint.clone(),
+            same_plan: l.fingerprint == fingerprint,
+            versions_left: plan
+                .collections
+                .iter()
+                .filter_map(|c| {
+                    l.version_left(&c.table)
+                        .map(|v| (c.table.clone(), v.version))
+                })
+                .collect(),
+        }),
         summary,
         collections,
     })
@@ -636,9 +671,13 @@ async fn collection_plan(
     if dot && action != Action::None {
         norm_lint(source, c, &mut lint).await?;
     }
-    if action != Action::None && action != Action::Blocked {
-        metadata_lint(source, c, info, &mut lint).await?;
-    }
+    let metadata_keys = if action != Action::None && action != Action::Blocked {
+        let keys = metadata_stats(source, c).await?;
+        metadata_lint(c, info, &keys, &mut lint);
+        keys
+    } else {
+        BTreeMap::new()
+    };
     lint::accept(&mut lint, &c.nolint);
     lint.sort_by_key(|f| f.code);
 
@@ -698,6 +737,7 @@ async fn collection_plan(
             count: info.count,
             dimension: info.dimension,
             space: space_name(space),
+            metadata_keys,
         },
         rows_dropped: (action == Action::Replace)
             .then(|| facts.as_ref().map_or(0, |f| f.rows))
@@ -886,41 +926,47 @@ async fn norm_lint(
     Ok(())
 }
 
-/// MD101–MD103 from one pass over the metadata (no vectors read).
-async fn metadata_lint(
+/// Every metadata key of a collection, with the records holding each
+/// type: one pass over the metadata, no vectors read.
+async fn metadata_stats(
     source: &dyn Source,
     c: &Collection,
-    info: &CollectionInfo,
-    lint: &mut Vec<Finding>,
-) -> Result<(), DiffError> {
-    let keyed: Vec<(&crate::plan::Column, &str)> = c
-        .columns
-        .iter()
-        .filter_map(|col| match &col.from {
-            Field::MetadataKey(k) if col.ty != ColumnType::Json => Some((col, k.as_str())),
-            _ => None,
-        })
-        .collect();
-    if keyed.is_empty() || info.count == 0 {
-        return Ok(());
-    }
-    // key → (records with it, type → records).
-    let mut stats: BTreeMap<&str, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
+) -> Result<BTreeMap<String, BTreeMap<String, u64>>, DiffError> {
+    let mut stats: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut stream = source.read_fields(&c.source, c.batch_size as usize);
     while let Some(b) = stream.try_next().await? {
         for m in b.metadatas.iter().flatten() {
-            for (_, key) in &keyed {
-                if let Some(v) = m.get(*key) {
-                    let e = stats.entry(key).or_default();
-                    e.0 += 1;
-                    *e.1.entry(v.type_name().to_string()).or_default() += 1;
-                }
+            for (k, v) in m {
+                *stats
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.type_name().to_string())
+                    .or_default() += 1;
             }
         }
     }
+    Ok(stats)
+}
+
+/// MD101–MD103 from the metadata statistics.
+fn metadata_lint(
+    c: &Collection,
+    info: &CollectionInfo,
+    stats: &BTreeMap<String, BTreeMap<String, u64>>,
+    lint: &mut Vec<Finding>,
+) {
+    if info.count == 0 {
+        return;
+    }
     let pct = |n: u64| 100.0 * n as f64 / info.count as f64;
-    for (col, key) in keyed {
-        let Some((present, types)) = stats.get(key) else {
+    for col in &c.columns {
+        let Field::MetadataKey(key) = &col.from else {
+            continue;
+        };
+        if col.ty == ColumnType::Json {
+            continue;
+        }
+        let Some(types) = stats.get(key) else {
             lint.push(Finding::new(
                 Code::MD102,
                 format!(
@@ -930,6 +976,7 @@ async fn metadata_lint(
             ));
             continue;
         };
+        let present: u64 = types.values().sum();
         if types.len() > 1 {
             let shares: Vec<String> = types
                 .iter()
@@ -946,7 +993,7 @@ async fn metadata_lint(
                 ),
             ));
         }
-        if col.required && *present < info.count {
+        if col.required && present < info.count {
             lint.push(Finding::new(
                 Code::MD103,
                 format!(
@@ -962,7 +1009,6 @@ async fn metadata_lint(
             ));
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1018,6 +1064,7 @@ mod tests {
             source: "s".into(),
             target: "t".into(),
             start: StartKind::Fresh,
+            last_apply: None,
             summary: Summary {
                 rows_exact: true,
                 ..Summary::default()

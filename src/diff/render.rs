@@ -39,6 +39,22 @@ fn start_line(r: &PlanReport) -> String {
     }
 }
 
+fn last_line(r: &PlanReport) -> String {
+    match &r.last_apply {
+        None => "never applied to this target".into(),
+        Some(l) => format!(
+            "apply `{}`, {}{}",
+            l.id,
+            l.status.replace('_', " "),
+            if l.same_plan {
+                ", with this plan"
+            } else {
+                ", with an earlier version of this plan"
+            }
+        ),
+    }
+}
+
 fn rows_text(c: &CollectionPlan) -> String {
     let n = thousands(c.rows_to_copy.value);
     let mut s = if c.rows_to_copy.exact {
@@ -96,6 +112,7 @@ pub fn text(r: &PlanReport, color: bool) -> String {
     let mut out = format!("lanceferry plan `{}`\n", r.plan);
     out.push_str(&format!("  source: {}\n", r.source));
     out.push_str(&format!("  target: lancedb `{}`\n", r.target));
+    out.push_str(&format!("  last:   {}\n", last_line(r)));
     out.push_str(&format!("  apply:  {}\n", start_line(r)));
     for c in &r.collections {
         out.push('\n');
@@ -221,8 +238,9 @@ fn markdown_at(r: &PlanReport, docs: &str, detail: Detail, max_rows: usize) -> S
         ));
     }
     out.push_str(&format!(
-        "Apply: {}. Source: {}. Target: lancedb `{}`.\n\n",
+        "Apply: {}. Last apply to this target: {}. Source: {}. Target: lancedb `{}`.\n\n",
         start_line(r),
+        last_line(r),
         md_escape(&r.source),
         md_escape(&r.target)
     ));

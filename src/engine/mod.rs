@@ -52,12 +52,27 @@ pub struct ApplyOptions {
     pub lock_timeout: Duration,
     /// Let an `append` write onto a table that already holds source ids.
     pub allow_duplicates: bool,
+    /// Applying a saved plan: what it was made against, checked under the
+    /// lock before anything is written.
+    pub expect: Option<Expected>,
     /// Progress lines / bars on stderr.
     pub progress: Arc<dyn CopyProgress>,
 }
 
+/// The facts a saved plan was made against, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub facts: crate::diff::saved::Facts,
+    pub path: std::path::PathBuf,
+    pub plan_file: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error(transparent)]
+    Saved(#[from] crate::diff::saved::SavedError),
+    #[error(transparent)]
+    Diff(#[from] crate::diff::DiffError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -220,6 +235,20 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
 
     let source = crate::source::open(&plan.source)?;
     let target = LanceTarget::connect(&plan.target).await?;
+
+    // A saved plan applies only to what it was made against.
+    if let Some(exp) = &opts.expect {
+        let now = crate::diff::saved::facts(&plan, source.as_ref(), Some(&target)).await?;
+        let moved = crate::diff::saved::moved(&exp.facts, &now);
+        if !moved.is_empty() {
+            return Err(crate::diff::saved::SavedError::Stale {
+                path: exp.path.clone(),
+                plan_file: exp.plan_file.clone(),
+                moved,
+            }
+            .into());
+        }
+    }
 
     let observed = if decide::needs_observation(last, &fingerprint) {
         let mut obs = Vec::new();
