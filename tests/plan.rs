@@ -502,3 +502,54 @@ fn the_ci_job_plans_saves_and_applies_exactly_that() {
     );
     assert_eq!(files(&lance), before, "nothing written");
 }
+
+/// An interrupted apply whose table someone else wrote meanwhile: the
+/// rows it committed can no longer be told apart, so a resume would stop
+/// (PH102), and `plan` says so before anyone runs it.
+#[test]
+fn a_table_written_during_an_interrupted_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    collection(&d.join("src"), "docs", 0..500, 8, 1.0, plain);
+    collection(&d.join("src"), "more", 900..905, 8, 1.0, plain);
+    let p = plan_file(d, "torn", "l2", &docs("create"));
+    let t = std::fs::read_to_string(&p).unwrap().replace(
+        "defaults: { batch_size: 100 }",
+        "defaults: { batch_size: 100, checkpoint_rows: 100 }",
+    );
+    std::fs::write(&p, t).unwrap();
+    let o = std::process::Command::new(assert_cmd::cargo::cargo_bin("lanceferry"))
+        .args(["apply", p.to_str().unwrap(), "--auto-approve"])
+        .env("LANCEFERRY_FAILPOINT", "checkpoint:docs@200")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "killed: {}", text(&o));
+    // Someone else appends to the half-made table, in two commits (one
+    // commit past the last checkpoint could be the apply's own).
+    let other = plan_file(
+        d,
+        "other",
+        "l2",
+        &format!("  - source: more\n    table: docs\n    mode: append\n{COLUMNS}"),
+    );
+    let t = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("/state }", "/state-other }")
+        .replace(
+            "defaults: { batch_size: 100 }",
+            "defaults: { batch_size: 2, checkpoint_rows: 3 }",
+        );
+    std::fs::write(&other, t).unwrap();
+    apply(&other);
+    let j = pin("torn", &p, d);
+    assert_eq!(j["collections"][0]["action"], "blocked");
+    assert_eq!(j["collections"][0]["lint"][0]["code"], "PH102");
+    // And apply does stop there, writing nothing.
+    let o = run(&["apply", p.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("changed outside this apply"),
+        "{}",
+        text(&o)
+    );
+}
