@@ -208,7 +208,7 @@ fn no_changes_then_a_table_changed_outside() {
         j["collections"][0]["changed_outside"]
             .as_str()
             .unwrap()
-            .contains("written outside lanceferry"),
+            .contains("something other than this plan's applies wrote to it"),
         "{j}"
     );
 }
@@ -501,6 +501,23 @@ fn the_ci_job_plans_saves_and_applies_exactly_that() {
         "{t}"
     );
     assert_eq!(files(&lance), before, "nothing written");
+
+    // A saved plan applies with its own values only.
+    let o = common::lanceferry()
+        .args([
+            "apply",
+            second.to_str().unwrap(),
+            "--var",
+            "LANCEDB_URI=/elsewhere",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("`--var` and `--var-file` are refused"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// An interrupted apply whose table someone else wrote meanwhile: the
@@ -552,4 +569,52 @@ fn a_table_written_during_an_interrupted_apply() {
         "{}",
         text(&o)
     );
+}
+
+/// Every file and directory under `dir` (directories as empty entries).
+fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.push((p.clone(), None));
+                stack.push(p);
+            } else {
+                out.push((p.clone(), Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `plan` over a real Chroma directory (written by chromadb 1.5.9) and an
+/// existing LanceDB target with its state: no file or directory of any of
+/// them is created, changed or removed (no SQLite `-wal`/`-shm`, no lock).
+#[test]
+fn plan_writes_nothing_to_a_chroma_directory_a_target_or_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let chroma = d.join("chroma");
+    common::copy_dir(&common::repo().join("demo/chroma_db"), &chroma);
+    let yaml = format!(
+        "version: 1\nname: ro\nsource: {{ chroma: {{ path: {} }} }}\ntarget: {{ lancedb: {{ uri: {} }} }}\nstate: {{ path: {} }}\ncollections:\n  - source: canvas_concepts\n    mode: upsert\n",
+        chroma.display(),
+        d.join("lancedb").display(),
+        d.join("state").display()
+    );
+    let p = d.join("ro.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    apply(&p);
+    let before = tree(d);
+    for format in ["text", "markdown", "json"] {
+        let o = run(&["plan", p.to_str().unwrap(), "--format", format]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    assert_eq!(tree(d), before, "plan changed something");
 }

@@ -91,6 +91,9 @@ enum Command {
         /// Save the plan with what it was made against; `apply FILE` applies exactly that.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Plan as `apply --allow-duplicates` would run (saved with the plan).
+        #[arg(long)]
+        allow_duplicates: bool,
     },
     /// Print a JSON Schema: of the plan format (schemas/plan.schema.json), or of `plan --format json` output.
     Schema {
@@ -425,10 +428,14 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             fail_on,
             lint_docs,
             out: save_to,
+            allow_duplicates,
         } => {
             let plan = load(plan_file, &cli.global, out)?;
             let rt = runtime()?;
-            let report = rt.block_on(crate::diff::plan(&plan))?;
+            let opts = crate::diff::PlanOptions {
+                allow_duplicates: *allow_duplicates,
+            };
+            let report = rt.block_on(crate::diff::plan(&plan, opts))?;
             if let Some(path) = save_to {
                 let facts = rt.block_on(crate::diff::saved::current_facts(&plan))?;
                 crate::diff::saved::save(
@@ -438,6 +445,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                     &vars(&cli.global)?,
                     facts,
                     &report,
+                    opts,
                 )?;
                 eprintln!(
                     "saved the plan to `{}`; `lanceferry apply {}` applies exactly this",
@@ -498,7 +506,22 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             // A saved plan (`plan --out`) is applied as reviewed, without a
             // question, and only to what it was made against.
             if let Some(saved) = crate::diff::saved::read(plan)? {
-                let vars = saved.vars(&cli.global.var_files, &cli.global.vars)?;
+                // Exactly what was reviewed: its own variable values and
+                // flags, nothing given now.
+                if !cli.global.vars.is_empty() || !cli.global.var_files.is_empty() {
+                    anyhow::bail!(
+                        "`{}` is a saved plan: it applies with the variable values it was made with, so `--var` and `--var-file` are refused\nhint: to apply other values, run `lanceferry plan {} --out FILE` with them, review it, and apply that",
+                        plan.display(),
+                        saved.plan_file
+                    );
+                }
+                if *allow_duplicates && !saved.allow_duplicates {
+                    anyhow::bail!(
+                        "`{}` was planned without `--allow-duplicates`\nhint: plan again with `--allow-duplicates`, review it, and apply that",
+                        plan.display()
+                    );
+                }
+                let vars = saved.vars();
                 let plan_path = PathBuf::from(&saved.plan_file);
                 let resolved = match plan::load_str(&saved.plan_yaml, &plan_path, &vars) {
                     Ok(p) => p,
@@ -514,7 +537,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                     crate::engine::ApplyOptions {
                         fail_fast: *fail_fast,
                         lock_timeout: std::time::Duration::from_secs(*lock_timeout),
-                        allow_duplicates: *allow_duplicates,
+                        allow_duplicates: saved.allow_duplicates,
                         expect: Some(crate::engine::Expected {
                             facts: saved.facts.clone(),
                             path: plan.clone(),
@@ -540,7 +563,12 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                 // nothing to do asks nothing.
                 use std::io::IsTerminal;
                 if std::io::stdin().is_terminal() {
-                    let report = runtime()?.block_on(crate::diff::plan(&plan))?;
+                    let report = runtime()?.block_on(crate::diff::plan(
+                        &plan,
+                        crate::diff::PlanOptions {
+                            allow_duplicates: *allow_duplicates,
+                        },
+                    ))?;
                     eprint!("{}", crate::diff::render::text(&report, out.stderr_color()));
                     if report.has_changes() {
                         confirm(false, &format!("apply plan `{}`", plan.name))?;

@@ -38,6 +38,8 @@ pub enum Code {
     PH101,
     /// A table written by others while an apply to it was interrupted.
     PH102,
+    /// A collection without vectors and a plan without `dim:`.
+    PH103,
     /// A column of the existing table has another type than the plan's.
     SC101,
 }
@@ -59,7 +61,7 @@ impl fmt::Display for Severity {
 }
 
 impl Code {
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::DS101,
         Code::DS102,
         Code::VX101,
@@ -71,6 +73,7 @@ impl Code {
         Code::MD103,
         Code::PH101,
         Code::PH102,
+        Code::PH103,
         Code::SC101,
     ];
 
@@ -96,13 +99,16 @@ impl Code {
             Code::MD103 => "required column whose key some records lack",
             Code::PH101 => "create of a table that already exists",
             Code::PH102 => "table written by others during an interrupted apply",
-            Code::SC101 => "column type differs from the existing table's",
+            Code::PH103 => "no vectors yet and no `dim:`",
+            Code::SC101 => "table's shape differs from the plan's",
         }
     }
 
     pub fn severity(self) -> Severity {
         match self {
-            Code::DS102 | Code::VX101 | Code::PH101 | Code::PH102 | Code::SC101 => Severity::Error,
+            Code::DS102 | Code::VX101 | Code::PH101 | Code::PH102 | Code::PH103 | Code::SC101 => {
+                Severity::Error
+            }
             Code::DS101
             | Code::VX102
             | Code::VX103
@@ -111,6 +117,17 @@ impl Code {
             | Code::MD102
             | Code::MD103 => Severity::Warning,
         }
+    }
+
+    /// Whether a plan may accept it with `nolint`. Not the findings that
+    /// mean `apply` would stop: accepting them would only make `plan` say
+    /// "no problem" about an apply that fails (`--allow-duplicates` is the
+    /// deliberate way past DS102).
+    pub fn acceptable(self) -> bool {
+        !matches!(
+            self,
+            Code::DS102 | Code::VX101 | Code::PH101 | Code::PH102 | Code::PH103 | Code::SC101
+        )
     }
 
     /// The anchor of its section in `docs/lint.md`.

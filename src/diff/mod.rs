@@ -186,6 +186,10 @@ pub struct PlanReport {
     pub start: StartKind,
     /// `None`: this plan was never applied to this target.
     pub last_apply: Option<LastApply>,
+    /// Said when an apply or rollback of this plan holds the lock right
+    /// now: the plan describes the moment, which that run is changing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<String>,
     pub summary: Summary,
     pub collections: Vec<CollectionPlan>,
 }
@@ -315,11 +319,20 @@ fn metric_of(m: Metric, space: DistanceSpace) -> &'static str {
 /// Whether a local target directory exists (an object-store URI is
 /// assumed to, and connected to).
 fn target_exists(uri: &str) -> bool {
+    let uri = uri.strip_prefix("file://").unwrap_or(uri);
     uri.contains("://") || std::path::Path::new(uri).exists()
 }
 
+/// What `plan` is asked, beyond the plan itself: the `apply` flags that
+/// change what apply would do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// As `apply --allow-duplicates`.
+    pub allow_duplicates: bool,
+}
+
 /// Builds the plan report. Writes nothing, anywhere.
-pub async fn plan(plan: &Plan) -> Result<PlanReport, DiffError> {
+pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffError> {
     let store = StateStore::for_plan(plan);
     let state = store.load()?;
     let last = state.applies.last();
@@ -378,6 +391,7 @@ pub async fn plan(plan: &Plan) -> Result<PlanReport, DiffError> {
             &start,
             resumed,
             last,
+            opts,
         )
         .await?;
         collections.push(cp);
@@ -410,8 +424,14 @@ pub async fn plan(plan: &Plan) -> Result<PlanReport, DiffError> {
         plan: plan.name.clone(),
         fingerprint: fingerprint.clone(),
         source: plan.source.describe(),
-        target: store.target.clone(),
+        target: crate::plan::redact::url(&store.target),
         start: start_kind,
+        running: store.running().map(|h| {
+            format!(
+                "apply `{}` (pid {} on `{}`, since {}) is running now; plan again when it ends",
+                h.apply_id, h.pid, h.host, h.started
+            )
+        }),
         last_apply: last.map(|l| LastApply {
             id: l.id.clone(),
             status: serde_json::to_value(l.status)
@@ -480,9 +500,47 @@ async fn collection_plan(
     start: &Start,
     resumed: Option<&ApplyRecord>,
     last: Option<&ApplyRecord>,
+    opts: PlanOptions,
 ) -> Result<CollectionPlan, DiffError> {
     let dim = c.vector_column().dim.or(info.dimension);
     let planned = dim.map(|d| crate::transform::Transformer::new(c, d as usize).schema());
+    if planned.is_none() {
+        // Apply's copy fails here (no vectors, no `dim:`): say so now.
+        let mut lint = vec![Finding::new(
+            Code::PH103,
+            format!(
+                "collection `{}` has no vectors yet, so its dimension is unknown; apply would stop here (set `dim:` on the `{}` column)",
+                c.source,
+                c.vector_column().name
+            ),
+        )];
+        lint::accept(&mut lint, &c.nolint);
+        return Ok(CollectionPlan {
+            source: c.source.clone(),
+            table: c.table.clone(),
+            mode: c.mode.to_string(),
+            action: Action::Blocked,
+            reason: "apply would stop at this collection: see the error below".into(),
+            source_facts: SourceFacts {
+                count: info.count,
+                dimension: None,
+                space: space_name(info.space),
+                metadata_keys: BTreeMap::new(),
+            },
+            table_facts: None,
+            rows_to_copy: Count {
+                value: 0,
+                exact: true,
+            },
+            rows_dropped: None,
+            rows_committed: None,
+            schema_diff: Vec::new(),
+            indexes: Vec::new(),
+            checks: Vec::new(),
+            changed_outside: None,
+            lint,
+        });
+    }
     let planned_lines = planned
         .as_ref()
         .map(|s| schema_lines(s))
@@ -502,7 +560,10 @@ async fn collection_plan(
 
     // What apply would do, decided as apply decides it.
     let mut rows_committed = None;
-    let (action, reason, copied) = match start {
+    // Whether the next commit replaces the table's rows (a fresh `replace`;
+    // a resumed one only appends to its own).
+    let mut overwrites = false;
+    let (action, mut reason, mut copied) = match start {
         Start::NothingToDo(id) => (
             Action::None,
             format!(
@@ -562,17 +623,31 @@ async fn collection_plan(
                 }
             } else {
                 let overlap = match before {
-                    Some(b) if decide::needs_overlap(c.mode, before, recorded) => match target {
-                        Some(t) => {
-                            Some(crate::verify::source_ids_in_table(source, t, c, b.version).await?)
+                    Some(b)
+                        if decide::needs_overlap(c.mode, before, recorded)
+                            && !opts.allow_duplicates =>
+                    {
+                        match target {
+                            Some(t) => Some(
+                                crate::verify::source_ids_in_table(source, t, c, b.version).await?,
+                            ),
+                            None => None,
                         }
-                        None => None,
-                    },
+                    }
                     _ => None,
                 };
-                match decide::copy_start(&c.table, c.mode, before, recorded, now, overlap, false) {
+                match decide::copy_start(
+                    &c.table,
+                    c.mode,
+                    before,
+                    recorded,
+                    now,
+                    overlap,
+                    opts.allow_duplicates,
+                ) {
                     Ok(s) => {
                         rows_committed = (s.committed > 0).then_some(s.committed);
+                        overwrites = s.commit == crate::target::Commit::Overwrite;
                         let (a, r) = describe(c.mode, now, &s, info.count);
                         (a, r, info.count.saturating_sub(s.committed))
                     }
@@ -602,7 +677,7 @@ async fn collection_plan(
                         });
                         (
                             Action::Blocked,
-                            refusal.to_string().lines().next().unwrap_or("").to_string(),
+                            "apply would stop at this collection: see the error below".to_string(),
                             0,
                         )
                     }
@@ -621,7 +696,7 @@ async fn collection_plan(
     };
 
     // Lint over the facts.
-    if let (Some(f), Action::Replace) = (&facts, action)
+    if let (Some(f), Action::Replace, true) = (&facts, action, overwrites)
         && f.rows > 0
     {
         lint.push(Finding::new(
@@ -633,10 +708,20 @@ async fn collection_plan(
             ),
         ));
     }
+    let mut action = action;
     if let (Some(existing), Some(planned)) = (&existing, &planned)
         && matches!(c.mode, Mode::Append | Mode::Upsert)
+        && action != Action::Blocked
     {
+        let before = lint.len();
         schema_lint(c, existing, planned, &mut lint);
+        if lint.len() > before {
+            // LanceDB refuses rows of another shape: apply stops here.
+            action = Action::Blocked;
+            reason = "apply would stop at this collection: see the errors below".into();
+            copied = 0;
+            rows_committed = None;
+        }
     }
     let space = info.space;
     for ix in c.indexes.iter().filter(|i| i.kind.is_vector()) {
@@ -650,11 +735,15 @@ async fn collection_plan(
                 ),
             ));
         }
-        let rows_after = match (action, facts.as_ref()) {
-            (Action::Change, Some(f)) if c.mode == Mode::Append => f.rows + info.count,
+        let rows_after = match (c.mode, facts.as_ref()) {
+            (Mode::Append, Some(f)) => f.rows + info.count,
+            // At least the larger of the two; merged ids are not counted twice.
+            (Mode::Upsert, Some(f)) => f.rows.max(info.count),
             _ => info.count,
         };
-        if (rows_after as usize) < MIN_ROWS_FOR_VECTOR_INDEX && action != Action::None {
+        if (rows_after as usize) < MIN_ROWS_FOR_VECTOR_INDEX
+            && !matches!(action, Action::None | Action::Blocked)
+        {
             lint.push(Finding::new(
                 Code::VX104,
                 format!(
@@ -682,12 +771,13 @@ async fn collection_plan(
     lint.sort_by_key(|f| f.code);
 
     // The changed-outside note.
+    // (An interrupted apply's table is judged by `copy_start`: PH102.)
     let changed_outside = last
-        .filter(|l| l.status != ApplyStatus::RolledBack)
+        .filter(|l| l.status == ApplyStatus::Completed)
         .and_then(|l| l.version_left(&c.table).map(|v| (l, v)))
         .and_then(|(l, left)| match now {
             Some(n) if n.version != left.version => Some(format!(
-                "table `{}` is at version {}, and apply `{}` left it at version {}: it was written outside lanceferry since",
+                "table `{}` is at version {}, and apply `{}` left it at version {}: something other than this plan's applies wrote to it since",
                 c.table, n.version, l.id, left.version
             )),
             None => Some(format!(
@@ -739,7 +829,7 @@ async fn collection_plan(
             space: space_name(space),
             metadata_keys,
         },
-        rows_dropped: (action == Action::Replace)
+        rows_dropped: (action == Action::Replace && overwrites)
             .then(|| facts.as_ref().map_or(0, |f| f.rows))
             .filter(|n| *n > 0),
         table_facts: facts,
@@ -839,7 +929,9 @@ fn checks(c: &Collection, count: u64, skips: bool) -> Vec<String> {
     out
 }
 
-/// SC101 and VX101: an existing table's columns against the planned ones.
+/// SC101 and VX101: an existing table's columns against the planned ones
+/// (compared by the type names users read, so field names and
+/// nullability inside lists do not count).
 fn schema_lint(
     c: &Collection,
     existing: &arrow_schema::Schema,
@@ -847,36 +939,31 @@ fn schema_lint(
     lint: &mut Vec<Finding>,
 ) {
     use arrow_schema::DataType as D;
+    let norm = |t: &D| type_name(t).replace("large_string", "string");
     for want in planned.fields() {
         let Ok(have) = existing.field_with_name(want.name()) else {
+            lint.push(Finding::new(
+                Code::SC101,
+                format!(
+                    "`{}` has no column `{}`, which the plan writes",
+                    c.table,
+                    want.name()
+                ),
+            ));
             continue;
         };
         match (want.data_type(), have.data_type()) {
-            (D::FixedSizeList(a, n), D::FixedSizeList(b, m)) => {
-                if n != m {
-                    lint.push(Finding::new(
-                        Code::VX101,
-                        format!(
-                            "`{}.{}` holds vectors of dimension {m}; the source's are {n}",
-                            c.table,
-                            want.name()
-                        ),
-                    ));
-                } else if a.data_type() != b.data_type() {
-                    lint.push(Finding::new(
-                        Code::SC101,
-                        format!(
-                            "`{}.{}` is `{}` in the table and `{}` in the plan",
-                            c.table,
-                            want.name(),
-                            type_name(have.data_type()),
-                            type_name(want.data_type())
-                        ),
-                    ));
-                }
+            (D::FixedSizeList(_, n), D::FixedSizeList(_, m)) if n != m => {
+                lint.push(Finding::new(
+                    Code::VX101,
+                    format!(
+                        "`{}.{}` holds vectors of dimension {m}; the source's are {n}",
+                        c.table,
+                        want.name()
+                    ),
+                ));
             }
-            (D::Utf8, D::LargeUtf8) => {}
-            (a, b) if a != b => lint.push(Finding::new(
+            (a, b) if norm(a) != norm(b) => lint.push(Finding::new(
                 Code::SC101,
                 format!(
                     "`{}.{}` is `{}` in the table and `{}` in the plan",
@@ -887,6 +974,18 @@ fn schema_lint(
                 ),
             )),
             _ => {}
+        }
+    }
+    for have in existing.fields() {
+        if planned.field_with_name(have.name()).is_err() && !have.is_nullable() {
+            lint.push(Finding::new(
+                Code::SC101,
+                format!(
+                    "`{}.{}` is a required (non-null) column the plan does not write",
+                    c.table,
+                    have.name()
+                ),
+            ));
         }
     }
 }
@@ -958,7 +1057,6 @@ fn metadata_lint(
     if info.count == 0 {
         return;
     }
-    let pct = |n: u64| 100.0 * n as f64 / info.count as f64;
     for col in &c.columns {
         let Field::MetadataKey(key) = &col.from else {
             continue;
@@ -977,16 +1075,29 @@ fn metadata_lint(
             continue;
         };
         let present: u64 = types.values().sum();
-        if types.len() > 1 {
+        let want = match col.ty {
+            ColumnType::String => "string",
+            ColumnType::Int64 => "int",
+            ColumnType::Float64 => "float",
+            ColumnType::Bool => "bool",
+            ColumnType::ListString => "list<string>",
+            ColumnType::ListInt64 => "list<int>",
+            ColumnType::ListFloat64 => "list<float>",
+            ColumnType::ListBool => "list<bool>",
+            ColumnType::Json | ColumnType::Vector => "",
+        };
+        if types.len() > 1 || !types.contains_key(want) {
+            let share = |n: u64| 100.0 * n as f64 / present as f64;
             let shares: Vec<String> = types
                 .iter()
-                .map(|(t, n)| format!("{t} {:.1}%", pct(*n)))
+                .map(|(t, n)| format!("{t} {:.1}%", share(*n)))
                 .collect();
             lint.push(Finding::new(
                 Code::MD101,
                 format!(
-                    "`metadata.{key}` holds {} across records; column `{}` is `{}`{}",
+                    "`metadata.{key}` holds {} of the {} records that have it; column `{}` is `{}`{}",
                     shares.join(", "),
+                    render::thousands(present),
                     col.name,
                     col.ty,
                     if col.coerce { " (coerce: true)" } else { "" }
@@ -1064,6 +1175,7 @@ mod tests {
             source: "s".into(),
             target: "t".into(),
             start: StartKind::Fresh,
+            running: None,
             last_apply: None,
             summary: Summary {
                 rows_exact: true,

@@ -114,6 +114,9 @@ pub fn text(r: &PlanReport, color: bool) -> String {
     out.push_str(&format!("  target: lancedb `{}`\n", r.target));
     out.push_str(&format!("  last:   {}\n", last_line(r)));
     out.push_str(&format!("  apply:  {}\n", start_line(r)));
+    if let Some(running) = &r.running {
+        out.push_str(&format!("  note:   {running}\n"));
+    }
     for c in &r.collections {
         out.push('\n');
         out.push_str(&format!(
@@ -230,6 +233,9 @@ fn markdown_at(r: &PlanReport, docs: &str, detail: Detail, max_rows: usize) -> S
             tables.join(", ")
         ));
     }
+    if let Some(running) = &r.running {
+        out.push_str(&format!("> [!IMPORTANT]\n> {}\n\n", md_escape(running)));
+    }
     if s.errors > 0 {
         out.push_str(&format!(
             "> [!CAUTION]\n> {} lint error{}: `apply` would stop or lose data. See below.\n\n",
@@ -301,7 +307,8 @@ fn markdown_at(r: &PlanReport, docs: &str, detail: Detail, max_rows: usize) -> S
                 c.action.symbol(),
                 md_escape(&c.source),
                 md_escape(&c.table),
-                action_word(c.action, &c.mode)
+                // Markdown is not rendered inside <summary>: HTML only.
+                action_word(c.action, &c.mode).replace("**blocked**", "<b>blocked</b>")
             ));
             out.push_str(&format!("{}\n\n", md_escape(&c.reason)));
             if let Some(note) = &c.changed_outside {

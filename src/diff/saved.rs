@@ -5,10 +5,11 @@
 //! the facts it was made against: the fingerprint, the target, each table's
 //! version, rows and schema hash, each source collection's count and
 //! fingerprint, and the report the reviewer read. `apply FILE` loads the
-//! text with those values (a `--var` given to apply overrides one),
-//! requires the same fingerprint, and, holding the lock, requires the same
-//! facts: anything that moved is named, and nothing is written. So a plan
-//! made against staging applies to prod only if prod is in the same state.
+//! text with exactly those values (`--var` and `--var-file` are refused:
+//! other values are another plan, to be planned and reviewed), requires the
+//! same fingerprint, and, holding the lock, requires the same facts:
+//! anything that moved is named, and no table is written. A plan made
+//! against staging therefore never applies to prod.
 //!
 //! Secrets never enter the file: a variable used by the token or by a
 //! secret-looking storage option, a variable whose name looks secret, and
@@ -100,6 +101,9 @@ pub struct SavedPlan {
     pub variables: BTreeMap<String, String>,
     /// Variables read from the environment at apply (their values are secret).
     pub secret_variables: Vec<String>,
+    /// Planned as `apply --allow-duplicates` (and so applied).
+    #[serde(default)]
+    pub allow_duplicates: bool,
     pub facts: Facts,
     /// What the reviewer read.
     pub report: serde_json::Value,
@@ -149,7 +153,7 @@ pub async fn facts(
     }
     Ok(Facts {
         fingerprint: plan.fingerprint(),
-        target: crate::state::resolve_target(&plan.target.uri),
+        target: redact::url(&crate::state::resolve_target(&plan.target.uri)),
         tables,
         collections,
     })
@@ -217,6 +221,20 @@ fn secret_variables(text: &str, plan: &Plan, vars: &Vars) -> Vec<String> {
         secret.insert(t.variable.clone());
     }
     if let Ok(raw) = crate::plan::yaml::parse(text) {
+        // A variable written inside a URL's userinfo (`https://u:${PW}@h`).
+        for pointer in ["/source/chroma/url", "/target/lancedb/uri"] {
+            if let Some(crate::plan::yaml::NodeKind::Scalar { text, .. }) =
+                raw.at_pointer(pointer).map(|n| &n.kind)
+                && let Some(at) = text.rfind('@')
+            {
+                secret.extend(
+                    crate::plan::vars::references(text)
+                        .into_iter()
+                        .filter(|r| r.offset < at)
+                        .map(|r| r.name),
+                );
+            }
+        }
         for (key, _) in &plan.target.storage_options {
             if !redact::looks_secret(key) {
                 continue;
@@ -253,6 +271,7 @@ pub fn save(
     vars: &Vars,
     facts: Facts,
     report: &PlanReport,
+    opts: super::PlanOptions,
 ) -> Result<(), SavedError> {
     let text = std::fs::read_to_string(plan_file).map_err(|source| SavedError::Read {
         path: plan_file.to_path_buf(),
@@ -277,6 +296,7 @@ pub fn save(
         plan_yaml: text,
         variables,
         secret_variables: secret,
+        allow_duplicates: opts.allow_duplicates,
         facts,
         report: serde_json::to_value(report).expect("the report serializes"),
     };
@@ -346,19 +366,14 @@ pub fn read(path: &Path) -> Result<Option<SavedPlan>, SavedError> {
 }
 
 impl SavedPlan {
-    /// The variables to load the plan with: the saved values, then `--var`
-    /// and `--var-file` given now (which win), then the environment, which
-    /// only the secret variables should come from.
-    pub fn vars(
-        &self,
-        cli_files: &[PathBuf],
-        cli_flags: &[String],
-    ) -> Result<Vars, crate::plan::vars::VarsError> {
+    /// The variables to load the plan with: the saved values, and the
+    /// environment for the secret ones (which only it holds).
+    pub fn vars(&self) -> Vars {
         let mut vars = Vars::from_env();
         for (k, v) in &self.variables {
             vars.set(k, v);
         }
-        vars.with_cli(cli_files, cli_flags)
+        vars
     }
 }
 

@@ -277,6 +277,15 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
                     ),
                 ));
             }
+            if let Some(code) = crate::diff::lint::Code::parse(&n.code)
+                && !code.acceptable()
+            {
+                errs.push(loc.diag(
+                    loc.value(&format!("{cp}/nolint/{i}/code")),
+                    format!("{ctx}: `{}` cannot be accepted: it means apply would stop at this collection", n.code),
+                    "fix what the finding names (docs/lint.md); for DS102 use `mode: upsert` or `apply --allow-duplicates`",
+                ));
+            }
             if n.reason.trim().is_empty() {
                 errs.push(loc.diag(
                     loc.value(&format!("{cp}/nolint/{i}/reason")),

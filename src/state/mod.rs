@@ -543,6 +543,28 @@ impl StateStore {
         })
     }
 
+    /// The holder of the lock if an apply or rollback holds it right now;
+    /// writes nothing (for `plan`: the lock file is opened read-only if it
+    /// exists, and a lock taken to test is released at once).
+    pub fn running(&self) -> Option<LockHolder> {
+        let mut file = std::fs::File::open(self.lock_path()).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                None
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Some(read_holder(&mut file).unwrap_or(LockHolder {
+                    apply_id: "?".into(),
+                    pid: 0,
+                    host: "?".into(),
+                    started: Utc::now(),
+                }))
+            }
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
+    }
+
     /// `lanceferry unlock`: clears the holder record of apply `id` when its
     /// process is gone. A running holder cannot be unlocked (its lock is
     /// the kernel's), and a crashed one already released it; this only
@@ -609,12 +631,14 @@ mod tests {
         let store = StateStore::new(dir.path(), "p", "/db");
         let mut held = store.lock(Duration::from_millis(0)).unwrap();
         held.set_apply("a1").unwrap();
+        assert_eq!(store.running().map(|h| h.apply_id), Some("a1".into()));
         let err = store.lock(Duration::from_millis(300)).unwrap_err();
         assert!(err.to_string().contains("locked by apply `a1`"), "{err}");
         // A running holder is not unlocked by hand.
         let err = store.unlock("a1").unwrap_err();
         assert!(matches!(err, StateError::HeldByLiveProcess { .. }), "{err}");
         drop(held);
+        assert!(store.running().is_none());
         let again = store.lock(Duration::from_millis(0)).unwrap();
         assert_eq!(again.crashed, None, "a released lock leaves no holder");
         assert!(store.lock_path().exists(), "the lock file is never deleted");
