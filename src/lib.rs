@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod cli;
 pub mod diff;
+pub mod digest;
 pub mod engine;
 pub mod export;
 pub mod failpoint;

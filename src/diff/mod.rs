@@ -48,6 +48,8 @@ pub enum DiffError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Verify(#[from] crate::verify::VerifyError),
+    #[error(transparent)]
+    Step(#[from] crate::engine::StepError),
     #[error(
         "reading table `{table}`: {source}\nhint: retry; if it persists the table may be damaged"
     )]
@@ -162,6 +164,9 @@ pub struct CollectionPlan {
     /// Rows an interrupted apply already committed (a resume skips them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows_committed: Option<u64>,
+    /// Rows a sync would delete (their ids left the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted: Option<u64>,
     /// The unified diff of the table's schema against the planned one
     /// (unchanged columns folded), or the planned schema of a new table.
     pub schema_diff: Vec<String>,
@@ -205,6 +210,8 @@ pub struct Summary {
     /// False if any collection's count is not exact.
     pub rows_exact: bool,
     pub rows_dropped: u64,
+    /// Rows syncs would delete.
+    pub rows_to_delete: u64,
     /// Findings that count (not accepted with `nolint`).
     pub errors: u64,
     pub warnings: u64,
@@ -233,6 +240,12 @@ impl PlanReport {
             render::thousands(s.rows_to_copy),
             if s.rows_exact { "" } else { " at most" }
         );
+        if s.rows_to_delete > 0 {
+            line.push_str(&format!(
+                ", {} to delete",
+                render::thousands(s.rows_to_delete)
+            ));
+        }
         if s.blocked > 0 {
             line.push_str(&format!(
                 "; {} blocked (apply would stop: see the errors)",
@@ -346,23 +359,35 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
 
     let mut infos = Vec::new();
     let mut nows = Vec::new();
+    let mut syncs = Vec::new();
     for c in &plan.collections {
         let info = source.collection(&c.source).await?;
         let now = match &target {
             Some(t) => t.version(&c.table).await?,
             None => None,
         };
+        // What a sync would write: the digests compared, read-only.
+        let sync = match (c.mode, &target, now) {
+            (Mode::Sync, Some(t), Some(v)) => {
+                let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
+                Some(crate::engine::sync::changes(source.as_ref(), t, c, &store.dir, v, dim).await?)
+            }
+            _ => None,
+        };
         infos.push(info);
         nows.push(now);
+        syncs.push(sync);
     }
     let observed: Vec<decide::Observed> = plan
         .collections
         .iter()
         .zip(infos.iter().zip(&nows))
-        .map(|(c, (info, now))| decide::Observed {
+        .zip(&syncs)
+        .map(|((c, (info, now)), sync)| decide::Observed {
             table: c.table.clone(),
             source_count: info.count,
             now: *now,
+            changes: sync.map(|(ch, _)| ch.total()),
         })
         .collect();
     let start = decide::apply_start(last, &fingerprint, Some(&observed));
@@ -381,8 +406,9 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
     };
 
     let mut collections = Vec::new();
-    for ((c, info), now) in plan.collections.iter().zip(&infos).zip(&nows) {
+    for (((c, info), now), sync) in plan.collections.iter().zip(&infos).zip(&nows).zip(&syncs) {
         let cp = collection_plan(
+            *sync,
             source.as_ref(),
             target.as_ref(),
             c,
@@ -411,6 +437,7 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
         summary.rows_to_copy += c.rows_to_copy.value;
         summary.rows_exact &= c.rows_to_copy.exact;
         summary.rows_dropped += c.rows_dropped.unwrap_or(0);
+        summary.rows_to_delete += c.rows_deleted.unwrap_or(0);
         for f in &c.lint {
             match (f.counts(), f.severity) {
                 (false, _) => summary.accepted += 1,
@@ -492,6 +519,7 @@ async fn table_facts(
 
 #[allow(clippy::too_many_arguments)]
 async fn collection_plan(
+    sync: Option<(crate::digest::Changes, bool)>,
     source: &dyn Source,
     target: Option<&LanceTarget>,
     c: &Collection,
@@ -534,6 +562,7 @@ async fn collection_plan(
             },
             rows_dropped: None,
             rows_committed: None,
+            rows_deleted: None,
             schema_diff: Vec::new(),
             indexes: Vec::new(),
             checks: Vec::new(),
@@ -709,6 +738,29 @@ async fn collection_plan(
         ));
     }
     let mut action = action;
+    // A sync writes the difference only: its counts, exact, from digests.
+    let mut rows_deleted = None;
+    if let (Some((ch, derived)), Action::Change) = (sync, action) {
+        let derived = if derived {
+            " (the recorded digests did not describe the table's version, so they were derived from the table)"
+        } else {
+            ""
+        };
+        if ch.total() == 0 {
+            action = Action::None;
+            reason = format!("`sync`: no record changed since the last apply (exact){derived}");
+            copied = 0;
+        } else {
+            reason = format!(
+                "`sync`: {} to insert, {} to update, {} to delete (exact){derived}",
+                render::thousands(ch.insert),
+                render::thousands(ch.update),
+                render::thousands(ch.delete)
+            );
+            copied = ch.insert + ch.update;
+            rows_deleted = (ch.delete > 0).then_some(ch.delete);
+        }
+    }
     if let (Some(existing), Some(planned)) = (&existing, &planned)
         && matches!(c.mode, Mode::Append | Mode::Upsert)
         && action != Action::Blocked
@@ -838,6 +890,7 @@ async fn collection_plan(
             exact: !skips,
         },
         rows_committed,
+        rows_deleted,
         schema_diff,
         indexes,
         checks,
@@ -882,6 +935,13 @@ fn describe(mode: Mode, now: Option<TableVersion>, s: &CopyStart, count: u64) ->
             format!(
                 "`append`: {n} rows added to the table's {}{resume}",
                 render::thousands(v.rows.saturating_sub(s.committed))
+            ),
+        ),
+        (Mode::Sync, Some(v)) => (
+            Action::Change,
+            format!(
+                "`sync`: the table's {} rows are brought to the source's {n} records",
+                render::thousands(v.rows)
             ),
         ),
         (Mode::Upsert, Some(v)) => (

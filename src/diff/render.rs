@@ -68,6 +68,9 @@ fn rows_text(c: &CollectionPlan) -> String {
     if let Some(d) = c.rows_dropped {
         s.push_str(&format!("; {} rows dropped", thousands(d)));
     }
+    if let Some(d) = c.rows_deleted {
+        s.push_str(&format!("; {} rows to delete (exact)", thousands(d)));
+    }
     s
 }
 
@@ -273,6 +276,9 @@ fn markdown_at(r: &PlanReport, docs: &str, detail: Detail, max_rows: usize) -> S
                 }
                 if let Some(d) = c.rows_dropped {
                     s.push_str(&format!(" (drops {})", thousands(d)));
+                }
+                if let Some(d) = c.rows_deleted {
+                    s.push_str(&format!(" (deletes {})", thousands(d)));
                 }
                 s
             }

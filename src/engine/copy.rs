@@ -80,6 +80,15 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         ctx.target.create_empty(table, schema.clone()).await?;
     }
     let (mut written, mut how) = (start.committed, start.commit);
+    // A sync onto its table writes only the difference.
+    if c.mode == Mode::Sync
+        && let Some(now) = now
+    {
+        ctx.update(&step, |r| r.source_count = Some(info.count))
+            .await?;
+        super::sync::sync(ctx, c, transformer, now).await?;
+        return Ok(());
+    }
     let resumed_at = written;
     ctx.update(&step, |r| {
         r.source_count = Some(info.count);
@@ -198,6 +207,14 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         ctx.target.create_empty(table, schema.clone()).await?;
     }
     let after = ctx.target.version(table).await?;
+    // A sync's first copy: the digests the next sync compares with, taken
+    // from the table (so a resumed copy's rows are covered too).
+    if c.mode == Mode::Sync
+        && let Some(v) = after
+    {
+        let d = super::sync::derive(&ctx.target, c, v.version).await?;
+        crate::digest::save(&crate::digest::path(&ctx.store.dir, table), &d)?;
+    }
     // Where the copy's time went, for `-v`: a source-bound copy waits on
     // the reader, a writer-bound one on the channel and the commit.
     tracing::debug!(
@@ -243,17 +260,17 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
 /// committed skipped. Reading (the source's own thread), transforming (a
 /// task of its own, two batches ahead) and writing (Lance's encoders) run
 /// at the same time: on two cores no stage waits for another's CPU work.
-struct Puller {
+pub(super) struct Puller {
     batches: tokio::sync::mpsc::Receiver<Result<(Transformed, Duration), StepError>>,
     /// Rows still to drop from the front (resume).
     skip: u64,
-    skipped_ids: HashSet<String>,
+    pub(super) skipped_ids: HashSet<String>,
     waited: Duration,
     transforming: Duration,
 }
 
 impl Puller {
-    fn start(
+    pub(super) fn start(
         mut source: BoxStream<'static, Result<SourceBatch, SourceError>>,
         transformer: Transformer,
         skip: u64,
@@ -302,7 +319,7 @@ impl Puller {
         }
     }
 
-    async fn next(&mut self) -> Result<Option<RecordBatch>, StepError> {
+    pub(super) async fn next(&mut self) -> Result<Option<RecordBatch>, StepError> {
         loop {
             let t = Instant::now();
             let next = self.batches.recv().await;

@@ -27,6 +27,8 @@ pub struct Observed {
     pub table: String,
     pub source_count: u64,
     pub now: Option<TableVersion>,
+    /// Rows a sync would write (`mode: sync` only; `None` otherwise).
+    pub changes: Option<u64>,
 }
 
 /// How an apply starts.
@@ -80,6 +82,7 @@ fn unchanged(last: &ApplyRecord, o: &Observed) -> bool {
     };
     copy.source_count == Some(o.source_count)
         && o.now.map(|v| v.version) == last.version_left(&o.table).map(|v| v.version)
+        && o.changes.is_none_or(|n| n == 0)
 }
 
 /// Where a copy starts.
@@ -155,6 +158,15 @@ pub fn copy_start(
             create_empty: now.is_none(),
         });
     }
+    // `sync` onto an existing table writes only the difference, found by
+    // digests, and merging and deleting by id are idempotent: it simply
+    // starts again. Onto no table it is a plain first copy.
+    if mode == Mode::Sync {
+        return Ok(match now {
+            Some(_) => start(0, Commit::Append),
+            None => start(0, Commit::Create),
+        });
+    }
     if let Some(n) = now {
         // Lance numbers a new table's first version 1.
         let known = recorded.or(before).map_or(0, |v| v.version);
@@ -199,7 +211,7 @@ pub fn copy_start(
                 }
             }
         }
-        Mode::Upsert => unreachable!("handled above"),
+        Mode::Upsert | Mode::Sync => unreachable!("handled above"),
     }
 }
 
@@ -231,6 +243,7 @@ mod tests {
             table: table.into(),
             source_count: count,
             now,
+            changes: None,
         }
     }
 

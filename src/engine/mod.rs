@@ -24,6 +24,7 @@
 mod copy;
 pub mod decide;
 pub mod rollback;
+pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct Expected {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error(transparent)]
+    Step(Box<StepError>),
     #[error(transparent)]
     Saved(#[from] crate::diff::saved::SavedError),
     #[error(transparent)]
@@ -253,10 +256,25 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
     let observed = if decide::needs_observation(last, &fingerprint) {
         let mut obs = Vec::new();
         for c in &plan.collections {
+            let info = source.collection(&c.source).await?;
+            let now = target.version(&c.table).await?;
+            // A sync table is unchanged only if no record changed, which
+            // counts and versions cannot tell: compare the digests.
+            let changes = match (c.mode, now) {
+                (crate::plan::Mode::Sync, Some(v)) => {
+                    let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
+                    let (ch, _) = sync::changes(source.as_ref(), &target, c, &store.dir, v, dim)
+                        .await
+                        .map_err(|e| EngineError::Step(Box::new(e)))?;
+                    Some(ch.total())
+                }
+                _ => None,
+            };
             obs.push(decide::Observed {
                 table: c.table.clone(),
-                source_count: source.collection(&c.source).await?.count,
-                now: target.version(&c.table).await?,
+                source_count: info.count,
+                now,
+                changes,
             });
         }
         Some(obs)
@@ -539,7 +557,21 @@ async fn build_index(
         .find(|i| i.column == column && i.kind == kind)
         .expect("index steps come from the plan");
     let space = ctx.source.collection(&c.source).await?.space;
-    let outcome = ctx.target.create_index(table, index, space).await?;
+    // A sync that changed nothing leaves the index as it is (rebuilding
+    // it would write a Lance version for nothing).
+    let copied = ctx.record(&StepKey::copy(table)).await;
+    let outcome = if c.mode == crate::plan::Mode::Sync
+        && copied.rows == 0
+        && copied
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("sync:"))
+        && ctx.target.has_index(table, column).await?
+    {
+        IndexOutcome::Skipped("the sync changed no row; the index is up to date".into())
+    } else {
+        ctx.target.create_index(table, index, space).await?
+    };
     let id = StepKey::Index {
         table: table.into(),
         column: column.into(),

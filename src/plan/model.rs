@@ -307,6 +307,7 @@ impl fmt::Display for Mode {
             Mode::Replace => "replace",
             Mode::Append => "append",
             Mode::Upsert => "upsert",
+            Mode::Sync => "sync",
         })
     }
 }

@@ -228,6 +228,10 @@ pub enum Mode {
     Append,
     /// Insert or update rows, matched on the column mapped from `id`.
     Upsert,
+    /// Make the table hold exactly the source: the first apply copies
+    /// everything, later ones write only the records added, changed or
+    /// removed since (found by per-record digests kept in the state).
+    Sync,
 }
 
 /// One column of the target table and where its values come from.

@@ -431,6 +431,56 @@ impl LanceTarget {
         self.existing_version(name, "reading the version of").await
     }
 
+    /// Deletes the rows whose `column` is one of `ids` (1,000 a commit).
+    pub async fn delete_ids(
+        &self,
+        name: &str,
+        column: &str,
+        ids: &[String],
+    ) -> Result<(), TargetError> {
+        let t = self.existing(name, "deleting from").await?;
+        for chunk in ids.chunks(1000) {
+            let filter = id_filter(column, chunk);
+            t.delete(filter.as_str()).await.map_err(self.err(
+                format!("deleting {} rows from `{name}`", chunk.len()),
+                "re-run `lanceferry apply`; deleting by id is idempotent",
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Streams `columns` of every row of a table (its latest version).
+    pub async fn scan(
+        &self,
+        name: &str,
+        columns: &[&str],
+    ) -> Result<SendableRecordBatchStream, TargetError> {
+        use lancedb::query::{ExecutableQuery, QueryBase, Select};
+        let t = self.existing(name, "reading").await?;
+        t.query()
+            .select(Select::columns(columns))
+            .execute()
+            .await
+            .map_err(self.err(
+                format!("reading `{name}`"),
+                "retry; if it persists the table may be damaged",
+            ))
+    }
+
+    /// Whether the table has an index on `column`.
+    pub async fn has_index(&self, name: &str, column: &str) -> Result<bool, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(false);
+        };
+        let indexes = t
+            .list_indices()
+            .await
+            .map_err(self.err(format!("listing indexes of `{name}`"), "retry"))?;
+        Ok(indexes
+            .iter()
+            .any(|i| i.columns.iter().any(|c| c == column)))
+    }
+
     pub async fn drop_table(&self, name: &str) -> Result<(), TargetError> {
         if self.open(name).await?.is_none() {
             return Ok(());

@@ -99,6 +99,8 @@ impl Others {
             (crate::plan::Mode::Append, Some(b)) if b.rows > 0 => Others::Before(b),
             (crate::plan::Mode::Append, _) => Others::None,
             (crate::plan::Mode::Upsert, _) => Others::Any,
+            // A synced table is exactly the source.
+            (crate::plan::Mode::Sync, _) => Others::None,
             (crate::plan::Mode::Create | crate::plan::Mode::Replace, _) => Others::None,
         }
     }

@@ -1,0 +1,252 @@
+//! `mode: sync`: write only what changed since the last apply.
+//!
+//! The first apply of a sync collection is a plain copy (the table does not
+//! exist); its digests are then taken from the table. Every later apply
+//! streams the source through the plan's mapping, digests each row
+//! ([`crate::digest`]) and compares with the digests recorded for the table:
+//! new ids and changed rows are merged on the id column (`merge_insert`) in
+//! commits of `checkpoint_rows`, ids no longer in the source are deleted,
+//! and the new digests are saved with the table version they describe.
+//!
+//! Killed at any point, a sync is simply run again: merging and deleting by
+//! id are idempotent, and the old digests are replaced only at the end. If
+//! the recorded digests do not describe the table's current version (a kill
+//! after a commit, or a write outside lanceferry), they are re-derived from
+//! the table itself before anything is decided, and that is said.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+
+use super::{Ctx, StepError};
+use crate::digest::{self, Changes, Digests};
+use crate::plan::Collection;
+use crate::source::Source;
+use crate::state::StepKey;
+use crate::target::{LanceTarget, TableVersion};
+use crate::transform::Transformer;
+
+/// Rows buffered for one merge at most, by memory (merge_insert reads a
+/// synchronous reader, so its input is held).
+const MERGE_BUFFER_BYTES: usize = 128 << 20;
+
+fn id_index(c: &Collection) -> usize {
+    c.columns
+        .iter()
+        .position(|col| col.from == crate::plan::Field::Id)
+        .expect("a checked plan has an id column")
+}
+
+/// The digests of a table's rows, read from the table itself.
+pub async fn derive(
+    target: &LanceTarget,
+    c: &Collection,
+    version: u64,
+) -> Result<Digests, StepError> {
+    let names: Vec<&str> = c.columns.iter().map(|col| col.name.as_str()).collect();
+    let id = id_index(c);
+    let mut pairs = Vec::new();
+    let mut stream = target.scan(&c.table, &names).await?;
+    while let Some(b) = stream
+        .try_next()
+        .await
+        .map_err(|e| crate::target::TargetError::Lance {
+            uri: target.uri().to_string(),
+            action: format!("reading `{}`", c.table),
+            hint: "retry; if it persists the table may be damaged".into(),
+            source: e,
+        })?
+    {
+        pairs.extend(digest::row_digests(&b, id));
+    }
+    Ok(Digests::new(version, pairs))
+}
+
+/// The digests recorded for a table if they describe `now`; otherwise
+/// derived from the table (the flag says so).
+pub async fn recorded_or_derived(
+    target: &LanceTarget,
+    c: &Collection,
+    state_dir: &std::path::Path,
+    now: TableVersion,
+) -> Result<(Digests, bool), StepError> {
+    match digest::load(&digest::path(state_dir, &c.table)) {
+        Some(d) if d.version == now.version => Ok((d, false)),
+        _ => Ok((derive(target, c, now.version).await?, true)),
+    }
+}
+
+/// What a sync of `c` would write now (read-only: for `plan`, and for
+/// apply's "nothing to do").
+pub async fn changes(
+    source: &dyn Source,
+    target: &LanceTarget,
+    c: &Collection,
+    state_dir: &std::path::Path,
+    now: TableVersion,
+    dim: usize,
+) -> Result<(Changes, bool), StepError> {
+    let (old, derived) = recorded_or_derived(target, c, state_dir, now).await?;
+    let transformer = Transformer::new(c, dim);
+    let id = id_index(c);
+    let mut pairs = Vec::new();
+    let mut stream = source.read(&c.source, c.batch_size as usize);
+    while let Some(b) = stream.try_next().await? {
+        let t = transformer.transform(b)?;
+        pairs.extend(digest::row_digests(&t.batch, id));
+    }
+    let (changes, _) = digest::compare(&old, &Digests::new(0, pairs));
+    Ok((changes, derived))
+}
+
+/// The sync of one collection onto its existing table (apply's copy step).
+pub(crate) async fn sync(
+    ctx: &Arc<Ctx>,
+    c: &Collection,
+    transformer: Transformer,
+    now: TableVersion,
+) -> Result<Changes, StepError> {
+    let table = c.table.as_str();
+    let step = StepKey::copy(table);
+    let (old, derived) = recorded_or_derived(&ctx.target, c, &ctx.store.dir, now).await?;
+    if derived {
+        ctx.progress.message(&format!(
+            "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, or a write outside lanceferry); derived them from the table",
+            now.version
+        ));
+    }
+    let schema = transformer.schema();
+    let key = c
+        .id_column()
+        .expect("a checked plan has an id column")
+        .name
+        .clone();
+    let id = id_index(c);
+    let checkpoint = ctx.plan.checkpoint_rows.max(1);
+    let mut pull = super::copy::Puller::start(
+        ctx.source.read(&c.source, c.batch_size as usize),
+        transformer,
+        0,
+    );
+    let mut changes = Changes::default();
+    let mut new_pairs = Vec::new();
+    let mut buf: Vec<RecordBatch> = Vec::new();
+    let (mut rows, mut bytes) = (0u64, 0usize);
+    let mut written = 0u64;
+    loop {
+        let next = pull.next().await?;
+        if let Some(b) = &next {
+            let pairs = digest::row_digests(b, id);
+            let mut keep = Vec::with_capacity(pairs.len());
+            for (h, d) in &pairs {
+                let changed = match old.get(*h) {
+                    None => {
+                        changes.insert += 1;
+                        true
+                    }
+                    Some(o) if o != *d => {
+                        changes.update += 1;
+                        true
+                    }
+                    Some(_) => false,
+                };
+                keep.push(changed);
+            }
+            new_pairs.extend(pairs);
+            if keep.iter().any(|k| *k) {
+                let mask = arrow_array::BooleanArray::from(keep);
+                let part = arrow::compute::filter_record_batch(b, &mask).map_err(|e| {
+                    StepError::Internal {
+                        what: format!("the sync of `{table}`"),
+                        reason: e.to_string(),
+                    }
+                })?;
+                rows += part.num_rows() as u64;
+                bytes += part.get_array_memory_size();
+                buf.push(part);
+            }
+        }
+        let flush = match next {
+            None => !buf.is_empty(),
+            Some(_) => rows >= checkpoint || bytes >= MERGE_BUFFER_BYTES,
+        };
+        if flush {
+            let v = ctx
+                .target
+                .upsert(table, schema.clone(), std::mem::take(&mut buf), &key)
+                .await?;
+            written += rows;
+            ctx.progress.advance(table, rows);
+            (rows, bytes) = (0, 0);
+            ctx.update(&step, |r| {
+                r.rows = written;
+                r.cursor = written;
+                r.version_after = Some(v);
+            })
+            .await?;
+            crate::failpoint::hit_rows("checkpoint", table, written);
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    // Ids no longer in the source: found by hash in the table's id column.
+    let new = Digests::new(0, new_pairs);
+    let (_, gone) = digest::compare(&old, &new);
+    if !gone.is_empty() {
+        let gone: HashSet<u64> = gone.into_iter().collect();
+        let mut ids = Vec::new();
+        let mut stream = ctx.target.scan(table, &[key.as_str()]).await?;
+        while let Some(b) =
+            stream
+                .try_next()
+                .await
+                .map_err(|e| crate::target::TargetError::Lance {
+                    uri: ctx.target.uri().to_string(),
+                    action: format!("reading the ids of `{table}`"),
+                    hint: "retry".into(),
+                    source: e,
+                })?
+        {
+            let values = crate::target::string_values(b.column(0).as_ref()).unwrap_or_default();
+            ids.extend(
+                values
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| gone.contains(&crate::hash::id_hash(id)))
+                    .map(String::from),
+            );
+        }
+        changes.delete = ids.len() as u64;
+        ctx.target.delete_ids(table, &key, &ids).await?;
+    }
+    let after = ctx.target.version(table).await?.unwrap_or(now);
+    digest::save(
+        &digest::path(&ctx.store.dir, table),
+        &Digests {
+            version: after.version,
+            pairs: new.pairs,
+        },
+    )?;
+    let skipped = pull.skipped_ids.len() as u64;
+    ctx.skipped
+        .lock()
+        .expect("skipped lock")
+        .insert(table.to_string(), pull.skipped_ids);
+    let message = format!(
+        "sync: {} inserted, {} updated, {} deleted",
+        changes.insert, changes.update, changes.delete
+    );
+    ctx.progress.message(&format!("copy `{table}`: {message}"));
+    ctx.update(&step, |r| {
+        r.rows = changes.total();
+        r.cursor = changes.total();
+        r.skipped = skipped;
+        r.version_after = Some(after);
+        r.message = Some(message);
+    })
+    .await?;
+    Ok(changes)
+}
