@@ -130,7 +130,8 @@ fn a_sync_writes_exactly_what_changed() {
     let o = run(&["apply", ps, "--auto-approve"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("sync: 20 inserted, 18 updated, 10 deleted"),
+        text(&o).contains("sync: 20 inserted, 18 updated, 10 deleted")
+            && text(&o).contains("`btree` on `docs.page` updated with the synced rows"),
         "{}",
         text(&o)
     );

@@ -557,18 +557,25 @@ async fn build_index(
         .find(|i| i.column == column && i.kind == kind)
         .expect("index steps come from the plan");
     let space = ctx.source.collection(&c.source).await?.space;
-    // A sync that changed nothing leaves the index as it is (rebuilding
-    // it would write a Lance version for nothing).
+    // After a sync onto an indexed table, the index is kept whole without
+    // retraining: the rows the sync wrote are added to it (LanceDB's
+    // optimize of indices); a sync that changed nothing leaves it alone.
     let copied = ctx.record(&StepKey::copy(table)).await;
-    let outcome = if c.mode == crate::plan::Mode::Sync
-        && copied.rows == 0
+    let synced = c.mode == crate::plan::Mode::Sync
         && copied
             .message
             .as_deref()
-            .is_some_and(|m| m.starts_with("sync:"))
-        && ctx.target.has_index(table, column).await?
-    {
-        IndexOutcome::Skipped("the sync changed no row; the index is up to date".into())
+            .is_some_and(|m| m.starts_with("sync:"));
+    let outcome = if synced && ctx.target.has_index(table, column).await? {
+        if copied.rows == 0 {
+            IndexOutcome::Skipped("the sync changed no row; the index is up to date".into())
+        } else {
+            ctx.target.optimize_indexes(table).await?;
+            ctx.progress.message(&format!(
+                "index: `{kind}` on `{table}.{column}` updated with the synced rows"
+            ));
+            IndexOutcome::Updated
+        }
     } else {
         ctx.target.create_index(table, index, space).await?
     };
@@ -581,6 +588,11 @@ async fn build_index(
         IndexOutcome::Built => ctx
             .progress
             .message(&format!("index: `{kind}` on `{table}.{column}` built")),
+        IndexOutcome::Updated => {}
+        // Up to date after a sync that changed nothing: not a warning.
+        IndexOutcome::Skipped(why) if synced => ctx
+            .progress
+            .message(&format!("index: `{kind}` on `{table}.{column}`: {why}")),
         IndexOutcome::Skipped(why) => ctx.warn(format!(
             "index `{kind}` on `{table}.{column}` skipped: {why}"
         )),

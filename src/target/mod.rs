@@ -90,6 +90,8 @@ pub struct TableVersion {
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexOutcome {
     Built,
+    /// An existing index was brought up to date with new rows.
+    Updated,
     Skipped(String),
 }
 
@@ -465,6 +467,38 @@ impl LanceTarget {
                 format!("reading `{name}`"),
                 "retry; if it persists the table may be damaged",
             ))
+    }
+
+    /// Adds rows written since an index was built to every index of the
+    /// table (no retraining: IVF partitions stay), as LanceDB's optimize of
+    /// indices does.
+    pub async fn optimize_indexes(&self, name: &str) -> Result<(), TargetError> {
+        let t = self.existing(name, "updating the indexes of").await?;
+        t.optimize(lancedb::table::OptimizeAction::Index(
+            lancedb::table::OptimizeOptions::default(),
+        ))
+        .await
+        .map_err(self.err(
+            format!("updating the indexes of `{name}`"),
+            "re-run `lanceferry apply`; the rows are written, only the index update runs again",
+        ))?;
+        Ok(())
+    }
+
+    /// Merges small fragments (what many small syncs leave), remapping
+    /// the indexes.
+    pub async fn compact(&self, name: &str) -> Result<(), TargetError> {
+        let t = self.existing(name, "compacting").await?;
+        t.optimize(lancedb::table::OptimizeAction::Compact {
+            options: lancedb::table::CompactionOptions::default(),
+            remap_options: None,
+        })
+        .await
+        .map_err(self.err(
+            format!("compacting `{name}`"),
+            "re-run `lanceferry apply`; compaction is safe to repeat",
+        ))?;
+        Ok(())
     }
 
     /// Whether the table has an index on `column`.
