@@ -273,3 +273,89 @@ fn a_sync_of_a_real_chroma_1_5_9_directory() {
 fn a_sync_of_a_real_chroma_0_6_3_directory() {
     real_chroma_sync("0.6.3");
 }
+
+/// Runs every `lanceferry` command of docs/cutover.md, in order, on a copy
+/// of the demo data, with chromadb changing the source where the page says
+/// the application keeps writing; every command must succeed, and the page
+/// and this test cannot drift apart (the commands are read from the page).
+#[test]
+fn the_cutover_in_docs_cutover_md_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let chroma = d.join("chroma");
+    common::copy_dir(&common::repo().join("demo/chroma_db"), &chroma);
+    let out = d.join("out");
+    let page = std::fs::read_to_string(common::repo().join("docs/cutover.md")).unwrap();
+    let mut in_sh = false;
+    let mut ran = Vec::new();
+    for line in page.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let line = line.trim();
+        if line == "# (the application keeps writing)" {
+            let o = std::process::Command::new(common::python("1.5.9"))
+                .arg("-c")
+                .arg(format!(
+                    "import os\nos.environ['ANONYMIZED_TELEMETRY']='False'\nimport chromadb, numpy as np\ncol = chromadb.PersistentClient(path='{}').get_collection('canvas_explanations', embedding_function=None)\ng = col.get(limit=10, include=['embeddings'])\nids = g['ids']\ncol.update(ids=ids[:3], documents=['edited ' + i for i in ids[:3]], embeddings=g['embeddings'][:3])\ncol.delete(ids=ids[3:5])\ndim = len(g['embeddings'][0])\ncol.add(ids=[f'new-{{i}}' for i in range(5)], documents=['new'] * 5, metadatas=[{{'canvas_file': 'c', 'node_id': f'n{{i}}'}} for i in range(5)], embeddings=np.random.default_rng(1).standard_normal((5, dim)).astype('float32'))\n",
+                    chroma.display()
+                ))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            ran.push("(chromadb writes)".to_string());
+            continue;
+        }
+        let Some(args) = line.strip_prefix("lanceferry ") else {
+            continue;
+        };
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let o = common::lanceferry()
+            .current_dir(common::repo())
+            .env("DEMO_CHROMA", &chroma)
+            .env("DEMO_OUT", &out)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "`lanceferry {}`:\n{}",
+            args.join(" "),
+            text(&o)
+        );
+        if ran.contains(&"(chromadb writes)".to_string()) && args[0] == "apply" {
+            assert!(
+                text(&o).contains("sync: 5 inserted, 3 updated, 2 deleted"),
+                "{}",
+                text(&o)
+            );
+        }
+        ran.push(args.join(" "));
+    }
+    assert!(ran.len() >= 10, "{ran:?}");
+    // The restore the page describes in prose, with an archive from the list.
+    let o = common::lanceferry()
+        .current_dir(common::repo())
+        .env("DEMO_CHROMA", &chroma)
+        .env("DEMO_OUT", &out)
+        .args(["backup", "list", "plans/demo.yaml", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let archive = list.as_array().unwrap().last().unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = run(&[
+        "backup",
+        "restore",
+        &archive,
+        "--to",
+        d.join("restored").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
