@@ -359,3 +359,50 @@ fn the_cutover_in_docs_cutover_md_runs() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// The same over HTTP: a `chroma run` server, changed through chromadb's
+/// HttpClient between two applies.
+#[test]
+fn a_sync_over_http() {
+    let server = common::server::ChromaServer::start("1.5.9");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = d.join("http.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "version: 1\nname: http\nsource: {{ chroma: {{ url: \"{}\" }} }}\ntarget: {{ lancedb: {{ uri: {} }} }}\nstate: {{ path: {} }}\ncollections:\n  - source: basic\n    mode: sync\n",
+            server.url(),
+            d.join("lancedb").display(),
+            d.join("state").display()
+        ),
+    )
+    .unwrap();
+    let ps = p.to_str().unwrap();
+    let o = run(&["apply", ps, "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = std::process::Command::new(common::python("1.5.9"))
+        .arg("-c")
+        .arg(format!(
+            "import os\nos.environ['ANONYMIZED_TELEMETRY']='False'\nimport chromadb\ncol = chromadb.HttpClient(host='127.0.0.1', port={}).get_collection('basic', embedding_function=None)\ng = col.get(limit=6, include=['embeddings'])\nids = g['ids']\ncol.update(ids=ids[:2], documents=['edited'] * 2, embeddings=g['embeddings'][:2])\ncol.delete(ids=ids[2:3])\ncol.add(ids=['http-new-1', 'http-new-2', 'http-new-3'], embeddings=g['embeddings'][3:6], documents=['n'] * 3)\n",
+            server.port
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["plan", ps]);
+    assert!(
+        text(&o).contains("`sync`: 3 to insert, 2 to update, 1 to delete (exact)"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["apply", ps, "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("sync: 3 inserted, 2 updated, 1 deleted"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["verify", ps]);
+    assert!(o.status.success(), "{}", text(&o));
+}
