@@ -170,6 +170,9 @@ pub(crate) struct Ctx {
     pub warnings: std::sync::Mutex<Vec<String>>,
     /// Ids skipped by `on_error: skip`, per table (for validation).
     pub skipped: std::sync::Mutex<HashMap<String, HashSet<String>>>,
+    /// Sync differences found while deciding whether there is anything to
+    /// do, per table: the sync writes them without reading the source again.
+    pub sync_diffs: std::sync::Mutex<HashMap<String, sync::Diff>>,
 }
 
 impl Ctx {
@@ -253,6 +256,7 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
         }
     }
 
+    let mut sync_diffs = HashMap::new();
     let observed = if decide::needs_observation(last, &fingerprint) {
         let mut obs = Vec::new();
         for c in &plan.collections {
@@ -263,10 +267,12 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
             let changes = match (c.mode, now) {
                 (crate::plan::Mode::Sync, Some(v)) => {
                     let dim = c.vector_column().dim.or(info.dimension).unwrap_or(0) as usize;
-                    let (ch, _) = sync::changes(source.as_ref(), &target, c, &store.dir, v, dim)
+                    let d = sync::diff(source.as_ref(), &target, c, &store.dir, v, dim)
                         .await
                         .map_err(|e| EngineError::Step(Box::new(e)))?;
-                    Some(ch.total())
+                    let total = d.changes.total();
+                    sync_diffs.insert(c.table.clone(), d);
+                    Some(total)
                 }
                 _ => None,
             };
@@ -323,6 +329,7 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
         progress: opts.progress.clone(),
         warnings: std::sync::Mutex::new(Vec::new()),
         skipped: std::sync::Mutex::new(HashMap::new()),
+        sync_diffs: std::sync::Mutex::new(sync_diffs),
     });
 
     let (done, failed, not_started) = walk(&ctx, &graph, opts.fail_fast).await?;

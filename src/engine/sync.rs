@@ -78,8 +78,67 @@ pub async fn recorded_or_derived(
     }
 }
 
-/// What a sync of `c` would write now (read-only: for `plan`, and for
-/// apply's "nothing to do").
+/// What one read of the source found against a table's digests: enough
+/// for `plan` to count, and for apply to write the difference without
+/// reading the source a second time (only the changed records are fetched
+/// again, by id).
+#[derive(Debug, Clone)]
+pub struct Diff {
+    pub changes: Changes,
+    /// The old digests were derived from the table (not the recorded ones).
+    pub derived: bool,
+    /// The table version the old digests describe.
+    pub version: u64,
+    pub old: Digests,
+    pub new: Digests,
+    /// Ids of the records to insert or update.
+    pub changed_ids: Vec<String>,
+    /// Records the plan leaves out (`on_error: skip`).
+    pub skipped: HashSet<String>,
+}
+
+/// Reads the source once, digests it, and compares (read-only).
+pub async fn diff(
+    source: &dyn Source,
+    target: &LanceTarget,
+    c: &Collection,
+    state_dir: &std::path::Path,
+    now: TableVersion,
+    dim: usize,
+) -> Result<Diff, StepError> {
+    let (old, derived) = recorded_or_derived(target, c, state_dir, now).await?;
+    let transformer = Transformer::new(c, dim);
+    let id = id_index(c);
+    let mut pairs = Vec::new();
+    let mut changed_ids = Vec::new();
+    let mut skipped = HashSet::new();
+    let mut stream = source.read(&c.source, c.batch_size as usize);
+    while let Some(b) = stream.try_next().await? {
+        let t = transformer.transform(b)?;
+        skipped.extend(t.skipped.into_iter().map(|s| s.id));
+        let digests = digest::row_digests(&t.batch, id);
+        let ids = crate::target::string_values(t.batch.column(id).as_ref()).unwrap_or_default();
+        for ((h, d), rid) in digests.iter().zip(ids) {
+            if old.get(*h) != Some(*d) {
+                changed_ids.push(rid.unwrap_or_default().to_string());
+            }
+        }
+        pairs.extend(digests);
+    }
+    let new = Digests::new(0, pairs);
+    let (changes, _) = digest::compare(&old, &new);
+    Ok(Diff {
+        changes,
+        derived,
+        version: now.version,
+        old,
+        new,
+        changed_ids,
+        skipped,
+    })
+}
+
+/// What a sync of `c` would write now (read-only: for `plan`).
 pub async fn changes(
     source: &dyn Source,
     target: &LanceTarget,
@@ -88,17 +147,47 @@ pub async fn changes(
     now: TableVersion,
     dim: usize,
 ) -> Result<(Changes, bool), StepError> {
-    let (old, derived) = recorded_or_derived(target, c, state_dir, now).await?;
-    let transformer = Transformer::new(c, dim);
-    let id = id_index(c);
-    let mut pairs = Vec::new();
-    let mut stream = source.read(&c.source, c.batch_size as usize);
-    while let Some(b) = stream.try_next().await? {
-        let t = transformer.transform(b)?;
-        pairs.extend(digest::row_digests(&t.batch, id));
+    let d = diff(source, target, c, state_dir, now, dim).await?;
+    Ok((d.changes, d.derived))
+}
+
+/// Writes a difference found by [`diff`]: the changed records fetched by
+/// id, merged in commits of `checkpoint_rows`; the gone ids deleted.
+async fn write_diff(
+    ctx: &Arc<Ctx>,
+    c: &Collection,
+    transformer: &Transformer,
+    d: &Diff,
+) -> Result<(), StepError> {
+    let table = c.table.as_str();
+    let step = StepKey::copy(table);
+    let schema = transformer.schema();
+    let key = c
+        .id_column()
+        .expect("a checked plan has an id column")
+        .name
+        .clone();
+    let checkpoint = ctx.plan.checkpoint_rows.max(1) as usize;
+    let mut written = 0u64;
+    for group in d.changed_ids.chunks(checkpoint) {
+        let mut buf = Vec::new();
+        for chunk in group.chunks(1000) {
+            let b = ctx.source.get(&c.source, chunk).await?;
+            buf.push(transformer.transform(b)?.batch);
+        }
+        let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
+        let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
+        written += rows;
+        ctx.progress.advance(table, rows);
+        ctx.update(&step, |r| {
+            r.rows = written;
+            r.cursor = written;
+            r.version_after = Some(v);
+        })
+        .await?;
+        crate::failpoint::hit_rows("checkpoint", table, written);
     }
-    let (changes, _) = digest::compare(&old, &Digests::new(0, pairs));
-    Ok((changes, derived))
+    Ok(())
 }
 
 /// The sync of one collection onto its existing table (apply's copy step).
@@ -110,6 +199,24 @@ pub(crate) async fn sync(
 ) -> Result<Changes, StepError> {
     let table = c.table.as_str();
     let step = StepKey::copy(table);
+    // Apply already read the source to decide whether anything changed:
+    // write that difference, fetching only the changed records again.
+    let known = ctx
+        .sync_diffs
+        .lock()
+        .expect("sync diffs lock")
+        .remove(table)
+        .filter(|d| d.version == now.version);
+    if let Some(d) = known {
+        if d.derived {
+            ctx.progress.message(&format!(
+                "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, or a write outside lanceferry); derived them from the table",
+                now.version
+            ));
+        }
+        write_diff(ctx, c, &transformer, &d).await?;
+        return finish(ctx, c, d.old, d.new, d.changes, d.skipped, now).await;
+    }
     let (old, derived) = recorded_or_derived(&ctx.target, c, &ctx.store.dir, now).await?;
     if derived {
         ctx.progress.message(&format!(
@@ -192,9 +299,31 @@ pub(crate) async fn sync(
             break;
         }
     }
-    // Ids no longer in the source: found by hash in the table's id column.
     let new = Digests::new(0, new_pairs);
+    finish(ctx, c, old, new, changes, pull.skipped_ids, now).await
+}
+
+/// The end of a sync: ids no longer in the source deleted (found by hash
+/// in the table's id column), small fragments compacted, the new digests
+/// saved with the table version they describe, the step recorded.
+async fn finish(
+    ctx: &Arc<Ctx>,
+    c: &Collection,
+    old: Digests,
+    new: Digests,
+    mut changes: Changes,
+    skipped_ids: HashSet<String>,
+    now: TableVersion,
+) -> Result<Changes, StepError> {
+    let table = c.table.as_str();
+    let step = StepKey::copy(table);
+    let key = c
+        .id_column()
+        .expect("a checked plan has an id column")
+        .name
+        .clone();
     let (_, gone) = digest::compare(&old, &new);
+    changes.delete = 0;
     if !gone.is_empty() {
         let gone: HashSet<u64> = gone.into_iter().collect();
         let mut ids = Vec::new();
@@ -224,8 +353,9 @@ pub(crate) async fn sync(
     }
     // Many small syncs leave many small fragments: merge them (the
     // indexes are remapped), so reads stay as fast as after a full copy.
-    if changes.total() > 0 {
-        ctx.target.compact(table).await?;
+    if changes.total() > 0 && ctx.target.compact(table).await? {
+        ctx.progress
+            .message(&format!("sync `{table}`: small fragments compacted"));
     }
     let after = ctx.target.version(table).await?.unwrap_or(now);
     digest::save(
@@ -235,11 +365,11 @@ pub(crate) async fn sync(
             pairs: new.pairs,
         },
     )?;
-    let skipped = pull.skipped_ids.len() as u64;
+    let skipped = skipped_ids.len() as u64;
     ctx.skipped
         .lock()
         .expect("skipped lock")
-        .insert(table.to_string(), pull.skipped_ids);
+        .insert(table.to_string(), skipped_ids);
     let message = format!(
         "sync: {} inserted, {} updated, {} deleted",
         changes.insert, changes.update, changes.delete

@@ -24,6 +24,10 @@ use lancedb::table::AddDataMode;
 
 use crate::plan::{DistanceSpace, Index, IndexType, Metric, Target};
 
+/// Small fragments (under 100,000 rows, LanceDB's own measure) a table may
+/// gather from syncs before they are compacted.
+pub const SMALL_FRAGMENTS_TO_COMPACT: usize = 16;
+
 /// Rows below which a vector index is not built (PQ training needs 256).
 pub const MIN_ROWS_FOR_VECTOR_INDEX: usize = 256;
 
@@ -486,9 +490,18 @@ impl LanceTarget {
     }
 
     /// Merges small fragments (what many small syncs leave), remapping
-    /// the indexes.
-    pub async fn compact(&self, name: &str) -> Result<(), TargetError> {
+    /// the indexes, once at least [`SMALL_FRAGMENTS_TO_COMPACT`] have
+    /// accumulated: compacting after every small sync would rewrite the
+    /// whole table each time. Returns whether it compacted.
+    pub async fn compact(&self, name: &str) -> Result<bool, TargetError> {
         let t = self.existing(name, "compacting").await?;
+        let stats = t
+            .stats()
+            .await
+            .map_err(self.err(format!("reading the statistics of `{name}`"), "retry"))?;
+        if stats.fragment_stats.num_small_fragments < SMALL_FRAGMENTS_TO_COMPACT {
+            return Ok(false);
+        }
         t.optimize(lancedb::table::OptimizeAction::Compact {
             options: lancedb::table::CompactionOptions::default(),
             remap_options: None,
@@ -498,7 +511,7 @@ impl LanceTarget {
             format!("compacting `{name}`"),
             "re-run `lanceferry apply`; compaction is safe to repeat",
         ))?;
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the table has an index on `column`.
