@@ -12,7 +12,8 @@
 //!
 //! The store is one file per table in the state directory,
 //! `<state>/<plan>-<key>/digests/<table>.bin`: a header (magic, the table
-//! version the digests describe, the count), then the pairs sorted by id
+//! version the digests describe, the count, and whether they were taken
+//! from the source or derived from the table), then the pairs sorted by id
 //! hash, 16 bytes a record, written atomically like the state. Two records
 //! collide in a 64-bit digest with probability about n²/2⁶⁵ (3·10⁻⁸ for a
 //! million); a collision would hide one change, which `verify` still finds.
@@ -24,6 +25,8 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 
 const MAGIC: &[u8; 8] = b"LFDIGST1";
+/// Format 2 adds a flags word after the count: bit 0, digests of the source.
+const MAGIC2: &[u8; 8] = b"LFDIGST2";
 
 /// `(id hash, row digest)` for every row of a batch; `id` is the index of
 /// the id column.
@@ -128,13 +131,20 @@ pub struct Digests {
     pub version: u64,
     /// Sorted by id hash.
     pub pairs: Vec<(u64, u64)>,
+    /// Taken from the source (a sync's read), not derived from the table:
+    /// only then can they validate the table.
+    pub from_source: bool,
 }
 
 impl Digests {
     pub fn new(version: u64, mut pairs: Vec<(u64, u64)>) -> Self {
         pairs.sort_unstable();
         pairs.dedup_by_key(|p| p.0);
-        Digests { version, pairs }
+        Digests {
+            version,
+            pairs,
+            from_source: false,
+        }
     }
 
     /// The digest recorded for an id hash.
@@ -155,27 +165,38 @@ pub fn path(state_dir: &Path, table: &str) -> PathBuf {
 /// readable: they are then re-derived from the table).
 pub fn load(path: &Path) -> Option<Digests> {
     let bytes = std::fs::read(path).ok()?;
-    if bytes.len() < 24 || &bytes[..8] != MAGIC {
+    let header = match bytes.get(..8)? {
+        m if m == MAGIC => 24,
+        m if m == MAGIC2 => 32,
+        _ => return None,
+    };
+    if bytes.len() < header {
         return None;
     }
     let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
     let version = word(8);
     let n = word(16) as usize;
-    if bytes.len() != 24 + n.checked_mul(16)? {
+    let from_source = header == 32 && word(24) & 1 == 1;
+    if bytes.len() != header + n.checked_mul(16)? {
         return None;
     }
     let pairs = (0..n)
-        .map(|k| (word(24 + 16 * k), word(32 + 16 * k)))
+        .map(|k| (word(header + 16 * k), word(header + 8 + 16 * k)))
         .collect();
-    Some(Digests { version, pairs })
+    Some(Digests {
+        version,
+        pairs,
+        from_source,
+    })
 }
 
 /// Writes a table's digests atomically.
 pub fn save(path: &Path, d: &Digests) -> Result<(), crate::state::StateError> {
-    let mut bytes = Vec::with_capacity(24 + 16 * d.pairs.len());
-    bytes.extend_from_slice(MAGIC);
+    let mut bytes = Vec::with_capacity(32 + 16 * d.pairs.len());
+    bytes.extend_from_slice(MAGIC2);
     bytes.extend_from_slice(&d.version.to_le_bytes());
     bytes.extend_from_slice(&(d.pairs.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&u64::from(d.from_source).to_le_bytes());
     for (a, b) in &d.pairs {
         bytes.extend_from_slice(&a.to_le_bytes());
         bytes.extend_from_slice(&b.to_le_bytes());
@@ -281,8 +302,12 @@ mod tests {
         let p = path(dir.path(), "t");
         let d = Digests::new(7, vec![(5, 50), (1, 10)]);
         save(&p, &d).unwrap();
-        assert_eq!(load(&p), Some(d));
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 24 + 2 * 16);
+        assert_eq!(load(&p), Some(d.clone()));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 32 + 2 * 16);
+        let mut src = d.clone();
+        src.from_source = true;
+        save(&p, &src).unwrap();
+        assert!(load(&p).unwrap().from_source);
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.pop();
         std::fs::write(&p, bytes).unwrap();

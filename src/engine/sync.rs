@@ -64,6 +64,74 @@ pub async fn derive(
     Ok(Digests::new(version, pairs))
 }
 
+/// Moves the digests the copy step saved at version `from` to version `to`
+/// (what the index steps left: they add commits, never change a row), so
+/// the next sync and validation find digests of the table as it is.
+pub fn promote(
+    state_dir: &std::path::Path,
+    table: &str,
+    from: u64,
+    to: u64,
+) -> Result<(), StepError> {
+    let path = digest::path(state_dir, table);
+    if let Some(mut d) = digest::load(&path)
+        && d.version == from
+        && from != to
+    {
+        d.version = to;
+        digest::save(&path, &d)?;
+    }
+    Ok(())
+}
+
+/// Validation after a sync, without reading the source again: every row
+/// of the table digested and compared with the source's digests the sync
+/// saved (every value, bit for bit, where the ordinary check compares
+/// vectors by cosine). `None` when the digests cannot serve (not from the
+/// source, or not of the table's current version).
+pub async fn validate_by_digests(
+    target: &LanceTarget,
+    c: &Collection,
+    state_dir: &std::path::Path,
+    now: TableVersion,
+) -> Result<Option<Vec<String>>, StepError> {
+    let Some(saved) = digest::load(&digest::path(state_dir, &c.table)) else {
+        return Ok(None);
+    };
+    if !saved.from_source || saved.version != now.version {
+        return Ok(None);
+    }
+    let table = derive(target, c, now.version).await?;
+    let mut breaches = Vec::new();
+    let rows = now.rows;
+    if rows != saved.pairs.len() as u64 {
+        breaches.push(format!(
+            "count: table has {rows} rows, source has {} records to copy",
+            saved.pairs.len()
+        ));
+    }
+    if (table.pairs.len() as u64) < rows {
+        breaches.push(format!(
+            "ids: {} duplicate rows",
+            rows - table.pairs.len() as u64
+        ));
+    }
+    let (diff, _) = digest::compare(&saved, &table);
+    if diff.insert > 0 {
+        breaches.push(format!("ids: {} rows not in the source", diff.insert));
+    }
+    if diff.delete > 0 {
+        breaches.push(format!("ids: {} source records missing", diff.delete));
+    }
+    if diff.update > 0 {
+        breaches.push(format!(
+            "values: {} rows differ from their source record",
+            diff.update
+        ));
+    }
+    Ok(Some(breaches))
+}
+
 /// The digests recorded for a table if they describe `now`; otherwise
 /// derived from the table (the flag says so).
 pub async fn recorded_or_derived(
@@ -363,6 +431,7 @@ async fn finish(
         &Digests {
             version: after.version,
             pairs: new.pairs,
+            from_source: true,
         },
     )?;
     let skipped = skipped_ids.len() as u64;
