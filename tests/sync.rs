@@ -175,6 +175,12 @@ fn a_killed_sync_resumes_to_the_same_end() {
         "{}",
         text(&o)
     );
+    // The rows merged before the kill reach the index too.
+    assert!(
+        text(&o).contains("`btree` on `docs.page` updated with the synced rows"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(version(d).1, 310);
     verify_ok(&p);
     let o = run(&["plan", ps, "--detailed-exitcode"]);
@@ -445,4 +451,31 @@ fn validation_by_digests_finds_a_row_that_differs() {
         "{}",
         text(&o)
     );
+}
+
+/// A source holding one id twice cannot be synced: refused, naming the id,
+/// before anything is written.
+#[test]
+fn a_source_with_a_duplicate_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base: Vec<Rec> = (0..50).map(rec).collect();
+    write(&d.join("src"), &base);
+    let p = plan(d, 100_000);
+    let ps = p.to_str().unwrap();
+    assert!(run(&["apply", ps, "--auto-approve"]).status.success());
+    let mut twice = base.clone();
+    let mut again = rec(7);
+    again.doc = "another record with the same id".into();
+    twice.push(again);
+    write(&d.join("src"), &twice);
+    let before = version(d);
+    let o = run(&["apply", ps, "--auto-approve"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds id `doc-00007` more than once"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(version(d), before, "nothing written");
 }

@@ -109,6 +109,10 @@ pub enum StepError {
     )]
     NoDimension { collection: String, column: String },
     #[error(
+        "collection `{collection}` holds id `{id}` more than once, so `mode: sync` cannot tell which record the table's row should be\nhint: remove the duplicate from the source, or use `mode: append` with `--allow-duplicates` if repeats are meant"
+    )]
+    DuplicateId { collection: String, id: String },
+    #[error(
         "validation of `{table}` failed: {breaches}\nhint: inspect the table; `lanceferry rollback {plan_file}` restores every table to its state before this apply"
     )]
     Validation {
@@ -573,8 +577,17 @@ async fn build_index(
             .message
             .as_deref()
             .is_some_and(|m| m.starts_with("sync:"));
+    // Whether rows changed is judged by the table, not by this run's count:
+    // a sync resumed after its merges counts nothing new, yet its rows
+    // still have to reach the index.
+    let moved = ctx.target.version(table).await?.map(|v| v.version)
+        != ctx
+            .record(&StepKey::snapshot(table))
+            .await
+            .version_before
+            .map(|v| v.version);
     let outcome = if synced && ctx.target.has_index(table, column).await? {
-        if copied.rows == 0 {
+        if !moved {
             IndexOutcome::Skipped("the sync changed no row; the index is up to date".into())
         } else {
             ctx.target.optimize_indexes(table).await?;
@@ -625,8 +638,11 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     // The digests the copy step saved describe the table it left; the
     // index steps since only added commits (no row changed): move them on.
     let copy_rec = ctx.record(&StepKey::copy(table)).await;
+    // Only if nothing but this apply wrote the table since.
+    let last_recorded = ctx.record.lock().await.version_left(table);
     if c.mode == crate::plan::Mode::Sync
         && let (Some(left), Some(now)) = (copy_rec.version_after, ctx.target.version(table).await?)
+        && last_recorded.map(|v| v.version) == Some(now.version)
     {
         sync::promote(&ctx.store.dir, table, left.version, now.version)?;
     }

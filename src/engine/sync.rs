@@ -193,6 +193,7 @@ pub async fn diff(
         }
         pairs.extend(digests);
     }
+    refuse_duplicates(c, &pairs, source).await?;
     let new = Digests::new(0, pairs);
     let (changes, _) = digest::compare(&old, &new);
     Ok(Diff {
@@ -203,6 +204,40 @@ pub async fn diff(
         new,
         changed_ids,
         skipped,
+    })
+}
+
+/// A source that holds one id twice cannot be synced (which record is the
+/// table's row?): refused, naming the id.
+async fn refuse_duplicates(
+    c: &Collection,
+    pairs: &[(u64, u64)],
+    source: &dyn Source,
+) -> Result<(), StepError> {
+    let mut seen = HashSet::with_capacity(pairs.len());
+    let dups: HashSet<u64> = pairs
+        .iter()
+        .filter(|p| !seen.insert(p.0))
+        .map(|p| p.0)
+        .collect();
+    if dups.is_empty() {
+        return Ok(());
+    }
+    let mut ids = source.read_ids(&c.source, c.batch_size as usize);
+    while let Some(batch) = ids.try_next().await? {
+        if let Some(id) = batch
+            .into_iter()
+            .find(|id| dups.contains(&crate::hash::id_hash(id)))
+        {
+            return Err(StepError::DuplicateId {
+                collection: c.source.clone(),
+                id,
+            });
+        }
+    }
+    Err(StepError::DuplicateId {
+        collection: c.source.clone(),
+        id: "?".into(),
     })
 }
 
@@ -220,13 +255,19 @@ pub async fn changes(
 }
 
 /// Writes a difference found by [`diff`]: the changed records fetched by
-/// id, merged in commits of `checkpoint_rows`; the gone ids deleted.
+/// id, merged in commits of `checkpoint_rows`. The source may have been
+/// written since the difference was found, so the digests of what was
+/// fetched (and so written) replace those of the read, and an id the fetch
+/// no longer returns is taken as gone from the source: the new digests
+/// returned describe exactly the table this leaves.
 async fn write_diff(
     ctx: &Arc<Ctx>,
     c: &Collection,
     transformer: &Transformer,
     d: &Diff,
-) -> Result<(), StepError> {
+) -> Result<Digests, StepError> {
+    let id = id_index(c);
+    let mut new: std::collections::HashMap<u64, u64> = d.new.pairs.iter().copied().collect();
     let table = c.table.as_str();
     let step = StepKey::copy(table);
     let schema = transformer.schema();
@@ -241,7 +282,17 @@ async fn write_diff(
         let mut buf = Vec::new();
         for chunk in group.chunks(1000) {
             let b = ctx.source.get(&c.source, chunk).await?;
-            buf.push(transformer.transform(b)?.batch);
+            let t = transformer.transform(b)?;
+            let fetched = digest::row_digests(&t.batch, id);
+            let returned: HashSet<u64> = fetched.iter().map(|p| p.0).collect();
+            for rid in chunk {
+                let h = crate::hash::id_hash(rid);
+                if !returned.contains(&h) {
+                    new.remove(&h);
+                }
+            }
+            new.extend(fetched);
+            buf.push(t.batch);
         }
         let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
         let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
@@ -255,7 +306,7 @@ async fn write_diff(
         .await?;
         crate::failpoint::hit_rows("checkpoint", table, written);
     }
-    Ok(())
+    Ok(Digests::new(0, new.into_iter().collect()))
 }
 
 /// The sync of one collection onto its existing table (apply's copy step).
@@ -282,8 +333,10 @@ pub(crate) async fn sync(
                 now.version
             ));
         }
-        write_diff(ctx, c, &transformer, &d).await?;
-        return finish(ctx, c, d.old, d.new, d.changes, d.skipped, now).await;
+        let new = write_diff(ctx, c, &transformer, &d).await?;
+        let (mut changes, _) = digest::compare(&d.old, &new);
+        changes.delete = 0; // counted by `finish`, which deletes
+        return finish(ctx, c, d.old, new, changes, d.skipped, now).await;
     }
     let (old, derived) = recorded_or_derived(&ctx.target, c, &ctx.store.dir, now).await?;
     if derived {
@@ -367,6 +420,7 @@ pub(crate) async fn sync(
             break;
         }
     }
+    refuse_duplicates(c, &new_pairs, ctx.source.as_ref()).await?;
     let new = Digests::new(0, new_pairs);
     finish(ctx, c, old, new, changes, pull.skipped_ids, now).await
 }
