@@ -762,7 +762,7 @@ async fn collection_plan(
         }
     }
     if let (Some(existing), Some(planned)) = (&existing, &planned)
-        && matches!(c.mode, Mode::Append | Mode::Upsert)
+        && matches!(c.mode, Mode::Append | Mode::Upsert | Mode::Sync)
         && action != Action::Blocked
     {
         let before = lint.len();
