@@ -479,3 +479,27 @@ fn a_source_with_a_duplicate_id_is_refused() {
     );
     assert_eq!(version(d), before, "nothing written");
 }
+
+/// A synced table whose plan changes an index's kind gets the new index
+/// built (an existing index of another kind is not merely updated).
+#[test]
+fn a_changed_index_kind_is_built_on_a_synced_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base: Vec<Rec> = (0..60).map(rec).collect();
+    write(&d.join("src"), &base);
+    let p = plan(d, 100_000);
+    let ps = p.to_str().unwrap();
+    assert!(run(&["apply", ps, "--auto-approve"]).status.success());
+    let text_plan = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("type: btree", "type: bitmap");
+    std::fs::write(&p, text_plan).unwrap();
+    let o = run(&["apply", ps, "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("index: `bitmap` on `docs.page` built"),
+        "{}",
+        text(&o)
+    );
+}

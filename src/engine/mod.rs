@@ -586,7 +586,11 @@ async fn build_index(
             .await
             .version_before
             .map(|v| v.version);
-    let outcome = if synced && ctx.target.has_index(table, column).await? {
+    // The same kind of index as the plan's; otherwise it is built anew
+    // (the plan changed it).
+    let same_kind = ctx.target.index_kind(table, column).await?.as_deref()
+        == Some(kind.to_string().to_ascii_uppercase().as_str());
+    let outcome = if synced && same_kind {
         if !moved {
             IndexOutcome::Skipped("the sync changed no row; the index is up to date".into())
         } else {

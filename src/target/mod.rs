@@ -514,10 +514,15 @@ impl LanceTarget {
         Ok(true)
     }
 
-    /// Whether the table has an index on `column`.
-    pub async fn has_index(&self, name: &str, column: &str) -> Result<bool, TargetError> {
+    /// The kind of the table's index on `column` (LanceDB's name,
+    /// `IVF_PQ`, `BTREE`, ...), if it has one.
+    pub async fn index_kind(
+        &self,
+        name: &str,
+        column: &str,
+    ) -> Result<Option<String>, TargetError> {
         let Some(t) = self.open(name).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let indexes = t
             .list_indices()
@@ -525,7 +530,8 @@ impl LanceTarget {
             .map_err(self.err(format!("listing indexes of `{name}`"), "retry"))?;
         Ok(indexes
             .iter()
-            .any(|i| i.columns.iter().any(|c| c == column)))
+            .find(|i| i.columns.iter().any(|c| c == column))
+            .map(|i| i.index_type.to_string()))
     }
 
     pub async fn drop_table(&self, name: &str) -> Result<(), TargetError> {
