@@ -358,6 +358,42 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Asks on a terminal; refuses without one unless `--auto-approve`.
+fn apply_options(
+    out: &Output,
+    fail_fast: bool,
+    lock_timeout: u64,
+    allow_duplicates: bool,
+    expect: Option<crate::engine::Expected>,
+) -> crate::engine::ApplyOptions {
+    crate::engine::ApplyOptions {
+        fail_fast,
+        lock_timeout: std::time::Duration::from_secs(lock_timeout),
+        allow_duplicates,
+        expect,
+        progress: std::sync::Arc::new(progress::Progress::new(out.stderr_is_terminal())),
+    }
+}
+
+/// Runs an apply and prints its summary (text or JSON); exit 1 unless ok.
+fn run_apply(
+    plan: Plan,
+    opts: crate::engine::ApplyOptions,
+    json: bool,
+    stdout: &mut impl Write,
+) -> Result<ExitCode> {
+    let summary = runtime()?.block_on(crate::engine::apply(plan, opts))?;
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        stdout.write_all(output::apply_summary(&summary).as_bytes())?;
+    }
+    Ok(if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn confirm(auto_approve: bool, what: &str) -> Result<()> {
     use std::io::IsTerminal;
     if auto_approve {
@@ -530,32 +566,19 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                         return Err(output::Reported.into());
                     }
                 };
-                let progress =
-                    std::sync::Arc::new(progress::Progress::new(out.stderr_is_terminal()));
-                let summary = runtime()?.block_on(crate::engine::apply(
-                    resolved,
-                    crate::engine::ApplyOptions {
-                        fail_fast: *fail_fast,
-                        lock_timeout: std::time::Duration::from_secs(*lock_timeout),
-                        allow_duplicates: saved.allow_duplicates,
-                        expect: Some(crate::engine::Expected {
-                            facts: saved.facts.clone(),
-                            path: plan.clone(),
-                            plan_file: saved.plan_file.clone(),
-                        }),
-                        progress,
-                    },
-                ))?;
-                if *json {
-                    writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
-                } else {
-                    stdout.write_all(output::apply_summary(&summary).as_bytes())?;
-                }
-                return Ok(if summary.ok() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+                let expect = crate::engine::Expected {
+                    facts: saved.facts.clone(),
+                    path: plan.clone(),
+                    plan_file: saved.plan_file.clone(),
+                };
+                let opts = apply_options(
+                    out,
+                    *fail_fast,
+                    *lock_timeout,
+                    saved.allow_duplicates,
+                    Some(expect),
+                );
+                return run_apply(resolved, opts, *json, stdout);
             }
             let plan = load(plan, &cli.global, out)?;
             if !*auto_approve {
@@ -577,27 +600,8 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
                     confirm(false, &format!("apply plan `{}`", plan.name))?;
                 }
             }
-            let progress = std::sync::Arc::new(progress::Progress::new(out.stderr_is_terminal()));
-            let summary = runtime()?.block_on(crate::engine::apply(
-                plan,
-                crate::engine::ApplyOptions {
-                    fail_fast: *fail_fast,
-                    lock_timeout: std::time::Duration::from_secs(*lock_timeout),
-                    allow_duplicates: *allow_duplicates,
-                    expect: None,
-                    progress,
-                },
-            ))?;
-            if *json {
-                writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
-            } else {
-                stdout.write_all(output::apply_summary(&summary).as_bytes())?;
-            }
-            return Ok(if summary.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            let opts = apply_options(out, *fail_fast, *lock_timeout, *allow_duplicates, None);
+            return run_apply(plan, opts, *json, stdout);
         }
         Command::Rollback {
             plan,

@@ -644,8 +644,12 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     let copy_rec = ctx.record(&StepKey::copy(table)).await;
     // Only if nothing but this apply wrote the table since.
     let last_recorded = ctx.record.lock().await.version_left(table);
-    if c.mode == crate::plan::Mode::Sync
-        && let (Some(left), Some(now)) = (copy_rec.version_after, ctx.target.version(table).await?)
+    let current = if c.mode == crate::plan::Mode::Sync {
+        ctx.target.version(table).await?
+    } else {
+        None
+    };
+    if let (Some(left), Some(now)) = (copy_rec.version_after, current)
         && last_recorded.map(|v| v.version) == Some(now.version)
     {
         sync::promote(&ctx.store.dir, table, left.version, now.version)?;
@@ -655,7 +659,7 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     let synced = copy_rec.message.is_some_and(|m| m.starts_with("sync:"));
     if synced
         && c.validate.sample == crate::plan::SampleSize::All
-        && let Some(now) = ctx.target.version(table).await?
+        && let Some(now) = current
         && let Some(breaches) =
             sync::validate_by_digests(&ctx.target, c, &ctx.store.dir, now).await?
     {

@@ -48,19 +48,12 @@ pub async fn derive(
     let names: Vec<&str> = c.columns.iter().map(|col| col.name.as_str()).collect();
     let id = id_index(c);
     let mut pairs = Vec::new();
-    let mut stream = target.scan(&c.table, &names).await?;
-    while let Some(b) = stream
-        .try_next()
-        .await
-        .map_err(|e| crate::target::TargetError::Lance {
-            uri: target.uri().to_string(),
-            action: format!("reading `{}`", c.table),
-            hint: "retry; if it persists the table may be damaged".into(),
-            source: e,
-        })?
-    {
-        pairs.extend(digest::row_digests(&b, id));
-    }
+    target
+        .for_each_batch(&c.table, None, &names, |b| {
+            pairs.extend(digest::row_digests(b, id));
+            Ok(())
+        })
+        .await?;
     Ok(Digests::new(version, pairs))
 }
 
@@ -449,27 +442,19 @@ async fn finish(
     if !gone.is_empty() {
         let gone: HashSet<u64> = gone.into_iter().collect();
         let mut ids = Vec::new();
-        let mut stream = ctx.target.scan(table, &[key.as_str()]).await?;
-        while let Some(b) =
-            stream
-                .try_next()
-                .await
-                .map_err(|e| crate::target::TargetError::Lance {
-                    uri: ctx.target.uri().to_string(),
-                    action: format!("reading the ids of `{table}`"),
-                    hint: "retry".into(),
-                    source: e,
-                })?
-        {
-            let values = crate::target::string_values(b.column(0).as_ref()).unwrap_or_default();
-            ids.extend(
-                values
-                    .into_iter()
-                    .flatten()
-                    .filter(|id| gone.contains(&crate::hash::id_hash(id)))
-                    .map(String::from),
-            );
-        }
+        ctx.target
+            .for_each_batch(table, None, &[key.as_str()], |b| {
+                let values = crate::target::string_values(b.column(0).as_ref()).unwrap_or_default();
+                ids.extend(
+                    values
+                        .into_iter()
+                        .flatten()
+                        .filter(|id| gone.contains(&crate::hash::id_hash(id)))
+                        .map(String::from),
+                );
+                Ok(())
+            })
+            .await?;
         changes.delete = ids.len() as u64;
         ctx.target.delete_ids(table, &key, &ids).await?;
     }

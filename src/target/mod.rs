@@ -172,7 +172,13 @@ impl LanceTarget {
     /// A table that must exist for `action` (it did a moment ago): gone now
     /// means someone dropped it meanwhile, an error, never a panic.
     async fn existing(&self, name: &str, action: &str) -> Result<lancedb::Table, TargetError> {
-        self.open(name).await?.ok_or_else(|| TargetError::Lance {
+        self.open(name)
+            .await?
+            .ok_or_else(|| self.vanished(name, action))
+    }
+
+    fn vanished(&self, name: &str, action: &str) -> TargetError {
+        TargetError::Lance {
             uri: self.uri.clone(),
             action: format!("{action} `{name}`"),
             hint:
@@ -182,7 +188,7 @@ impl LanceTarget {
                 name: name.to_string(),
                 source: "dropped while lanceferry was using it".into(),
             },
-        })
+        }
     }
 
     /// The version of a table that must exist (see [`Self::existing`]).
@@ -191,18 +197,9 @@ impl LanceTarget {
         name: &str,
         action: &str,
     ) -> Result<TableVersion, TargetError> {
-        self.existing(name, action).await?;
-        self.version(name).await?.ok_or_else(|| TargetError::Lance {
-            uri: self.uri.clone(),
-            action: format!("{action} `{name}`"),
-            hint:
-                "the table disappeared meanwhile (dropped by someone else?); run the command again"
-                    .into(),
-            source: lancedb::Error::TableNotFound {
-                name: name.to_string(),
-                source: "dropped while lanceferry was using it".into(),
-            },
-        })
+        self.version(name)
+            .await?
+            .ok_or_else(|| self.vanished(name, action))
     }
 
     /// Removes what an interrupted create left (files, no committed
@@ -314,29 +311,17 @@ impl LanceTarget {
         column: &str,
         version: u64,
     ) -> Result<std::collections::HashSet<u64>, TargetError> {
-        use futures::TryStreamExt;
-        use lancedb::query::{ExecutableQuery, QueryBase, Select};
         let mut out = std::collections::HashSet::new();
-        let Some(t) = self.open_at(name, version).await? else {
+        if self.open(name).await?.is_none() {
             return Ok(out);
-        };
-        let read = || {
-            self.err(
-                format!("reading the ids of `{name}`"),
-                "retry; if it persists the table may be damaged",
-            )
-        };
-        let mut batches = t
-            .query()
-            .select(Select::columns(&[column]))
-            .execute()
-            .await
-            .map_err(read())?;
-        while let Some(b) = batches.try_next().await.map_err(read())? {
-            let values = string_values(b.column(0).as_ref())
-                .ok_or_else(|| self.not_string(name, column, b.column(0).data_type()))?;
-            out.extend(values.into_iter().flatten().map(id_hash));
         }
+        self.for_each_batch(name, Some(version), &[column], |b| {
+            let values = string_values(b.column(0).as_ref())
+                .ok_or_else(|| Box::new(self.not_string(name, column, b.column(0).data_type())))?;
+            out.extend(values.into_iter().flatten().map(id_hash));
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 
@@ -456,21 +441,39 @@ impl LanceTarget {
     }
 
     /// Streams `columns` of every row of a table (its latest version).
-    pub async fn scan(
+    /// Calls `each` with every batch of `columns` of a table, at `version`
+    /// or the latest; read errors become [`TargetError`]s here, once.
+    pub async fn for_each_batch(
         &self,
         name: &str,
+        version: Option<u64>,
         columns: &[&str],
-    ) -> Result<SendableRecordBatchStream, TargetError> {
+        // (Boxed: a closure's error type is kept small.)
+        mut each: impl FnMut(&RecordBatch) -> Result<(), Box<TargetError>>,
+    ) -> Result<(), TargetError> {
+        use futures::TryStreamExt;
         use lancedb::query::{ExecutableQuery, QueryBase, Select};
-        let t = self.existing(name, "reading").await?;
-        t.query()
+        let t = match version {
+            Some(v) => self.open_at(name, v).await?,
+            None => self.open(name).await?,
+        }
+        .ok_or_else(|| self.vanished(name, "reading"))?;
+        let read = || {
+            self.err(
+                format!("reading `{name}`"),
+                "retry; if it persists the table may be damaged",
+            )
+        };
+        let mut batches = t
+            .query()
             .select(Select::columns(columns))
             .execute()
             .await
-            .map_err(self.err(
-                format!("reading `{name}`"),
-                "retry; if it persists the table may be damaged",
-            ))
+            .map_err(read())?;
+        while let Some(b) = batches.try_next().await.map_err(read())? {
+            each(&b).map_err(|e| *e)?;
+        }
+        Ok(())
     }
 
     /// Adds rows written since an index was built to every index of the
