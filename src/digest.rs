@@ -1,8 +1,9 @@
 //! Per-record digests: how `mode: sync` knows exactly what changed.
 //!
 //! Every row a sync writes is reduced to `(id hash, digest)`: the 64-bit
-//! [`crate::hash`] of the id, and of a canonical encoding of the whole
-//! transformed row (every column of the plan's mapping, in order). The
+//! [`crate::hash::id_hash`] of the id, and the [`crate::hash::wide64`] of a
+//! canonical encoding of the whole transformed row (every column of the
+//! plan's mapping, in order). The
 //! encoding is defined here, not by Arrow's in-memory layout, so it is the
 //! same on every machine and every release: per cell a type tag, then the
 //! value (UTF-8 strings and lists with their lengths, integers and float
@@ -14,7 +15,11 @@
 //! `<state>/<plan>-<key>/digests/<table>.bin`: a header (magic, the table
 //! version the digests describe, the count, and whether they were taken
 //! from the source or derived from the table), then the pairs sorted by id
-//! hash, 16 bytes a record, written atomically like the state. Two records
+//! hash, 16 bytes a record, written atomically like the state. Where the
+//! source keeps write sequence numbers (a Chroma directory), each record's
+//! number follows its digest (24 bytes a record), with the collection's
+//! high-water mark in the header: a later sync then digests only the
+//! records whose number moved ([`crate::engine::sync`]). Two records
 //! collide in a 64-bit digest with probability about n²/2⁶⁵ (3·10⁻⁸ for a
 //! million); a collision would hide one change, which `verify` still finds.
 
@@ -27,6 +32,14 @@ use arrow_schema::DataType;
 const MAGIC: &[u8; 8] = b"LFDIGST1";
 /// Format 2 adds a flags word after the count: bit 0, digests of the source.
 const MAGIC2: &[u8; 8] = b"LFDIGST2";
+/// Format 3 adds the sequence mark after the flags; flag bit 1: every
+/// record carries its sequence number.
+const MAGIC3: &[u8; 8] = b"LFDIGST3";
+/// Format 4 is format 3 with row digests by [`crate::hash::wide64`] (eight
+/// bytes a step; formats 1–3 used the byte-wise FNV of `hash64`). A store
+/// of an older format is not read: the digests are derived again from the
+/// table, once.
+const MAGIC4: &[u8; 8] = b"LFDIGST4";
 
 /// `(id hash, row digest)` for every row of a batch; `id` is the index of
 /// the id column.
@@ -40,7 +53,7 @@ pub fn row_digests(batch: &RecordBatch, id: usize) -> Vec<(u64, u64)> {
                 encode(col.as_ref(), r, &mut buf);
             }
             let id_hash = crate::hash::id_hash(ids.get(r).copied().flatten().unwrap_or(""));
-            (id_hash, crate::hash::hash64(&[&buf]))
+            (id_hash, crate::hash::wide64(&buf))
         })
         .collect()
 }
@@ -134,6 +147,18 @@ pub struct Digests {
     /// Taken from the source (a sync's read), not derived from the table:
     /// only then can they validate the table.
     pub from_source: bool,
+    /// The source's write sequence numbers of these records, where it
+    /// keeps them.
+    pub seqs: Option<Seqs>,
+}
+
+/// Write sequence numbers aligned with [`Digests::pairs`]: each row's
+/// source record had that number (or a lower one: 0 where unknown) when
+/// it was read, and the collection's numbers had reached `mark`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seqs {
+    pub mark: u64,
+    pub values: Vec<u64>,
 }
 
 impl Digests {
@@ -144,15 +169,37 @@ impl Digests {
             version,
             pairs,
             from_source: false,
+            seqs: None,
         }
+    }
+
+    /// Where an id hash is in [`Digests::pairs`].
+    pub fn position(&self, id_hash: u64) -> Option<usize> {
+        self.pairs.binary_search_by_key(&id_hash, |p| p.0).ok()
     }
 
     /// The digest recorded for an id hash.
     pub fn get(&self, id_hash: u64) -> Option<u64> {
-        self.pairs
-            .binary_search_by_key(&id_hash, |p| p.0)
-            .ok()
-            .map(|i| self.pairs[i].1)
+        self.position(id_hash).map(|i| self.pairs[i].1)
+    }
+
+    /// Attaches the sequence numbers read from the source *before* the
+    /// records these digests describe were read (so a record written in
+    /// between has a number below its current one, and is looked at again).
+    pub fn attach_seqs(&mut self, seqs: &crate::source::Sequences) {
+        let by_hash: std::collections::HashMap<u64, u64> = seqs
+            .records
+            .iter()
+            .map(|(id, s)| (crate::hash::id_hash(id), *s))
+            .collect();
+        self.seqs = Some(Seqs {
+            mark: seqs.mark,
+            values: self
+                .pairs
+                .iter()
+                .map(|p| by_hash.get(&p.0).copied().unwrap_or(0))
+                .collect(),
+        });
     }
 }
 
@@ -165,9 +212,10 @@ pub fn path(state_dir: &Path, table: &str) -> PathBuf {
 /// readable: they are then re-derived from the table).
 pub fn load(path: &Path) -> Option<Digests> {
     let bytes = std::fs::read(path).ok()?;
+    // Older formats hold digests of another hash: unusable, never wrong.
     let header = match bytes.get(..8)? {
-        m if m == MAGIC => 24,
-        m if m == MAGIC2 => 32,
+        m if m == MAGIC4 => 40,
+        m if m == MAGIC || m == MAGIC2 || m == MAGIC3 => return None,
         _ => return None,
     };
     if bytes.len() < header {
@@ -176,30 +224,43 @@ pub fn load(path: &Path) -> Option<Digests> {
     let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
     let version = word(8);
     let n = word(16) as usize;
-    let from_source = header == 32 && word(24) & 1 == 1;
-    if bytes.len() != header + n.checked_mul(16)? {
+    let flags = word(24);
+    let from_source = flags & 1 == 1;
+    let with_seqs = flags & 2 == 2;
+    let width = if with_seqs { 24 } else { 16 };
+    if bytes.len() != header + n.checked_mul(width)? {
         return None;
     }
-    let pairs = (0..n)
-        .map(|k| (word(header + 16 * k), word(header + 8 + 16 * k)))
-        .collect();
+    let at = |k: usize, i: usize| word(header + width * k + 8 * i);
+    let pairs = (0..n).map(|k| (at(k, 0), at(k, 1))).collect();
+    let seqs = with_seqs.then(|| Seqs {
+        mark: word(32),
+        values: (0..n).map(|k| at(k, 2)).collect(),
+    });
     Some(Digests {
         version,
         pairs,
         from_source,
+        seqs,
     })
 }
 
 /// Writes a table's digests atomically.
 pub fn save(path: &Path, d: &Digests) -> Result<(), crate::state::StateError> {
-    let mut bytes = Vec::with_capacity(32 + 16 * d.pairs.len());
-    bytes.extend_from_slice(MAGIC2);
+    let seqs = d.seqs.as_ref().filter(|s| s.values.len() == d.pairs.len());
+    let mut bytes = Vec::with_capacity(40 + 24 * d.pairs.len());
+    bytes.extend_from_slice(MAGIC4);
     bytes.extend_from_slice(&d.version.to_le_bytes());
     bytes.extend_from_slice(&(d.pairs.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&u64::from(d.from_source).to_le_bytes());
-    for (a, b) in &d.pairs {
+    let flags = u64::from(d.from_source) | (u64::from(seqs.is_some()) << 1);
+    bytes.extend_from_slice(&flags.to_le_bytes());
+    bytes.extend_from_slice(&seqs.map_or(0, |s| s.mark).to_le_bytes());
+    for (k, (a, b)) in d.pairs.iter().enumerate() {
         bytes.extend_from_slice(&a.to_le_bytes());
         bytes.extend_from_slice(&b.to_le_bytes());
+        if let Some(s) = seqs {
+            bytes.extend_from_slice(&s.values[k].to_le_bytes());
+        }
     }
     crate::state::write_atomic(path, &bytes)
 }
@@ -303,11 +364,39 @@ mod tests {
         let d = Digests::new(7, vec![(5, 50), (1, 10)]);
         save(&p, &d).unwrap();
         assert_eq!(load(&p), Some(d.clone()));
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 32 + 2 * 16);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 40 + 2 * 16);
         let mut src = d.clone();
         src.from_source = true;
         save(&p, &src).unwrap();
         assert!(load(&p).unwrap().from_source);
+        // With sequence numbers: 24 bytes a record, aligned by id hash.
+        src.attach_seqs(&crate::source::Sequences {
+            mark: 9,
+            records: vec![("a".into(), 4)],
+        });
+        let a = crate::hash::id_hash("a");
+        src.pairs.push((a, 77));
+        src.pairs.sort_unstable();
+        src.attach_seqs(&crate::source::Sequences {
+            mark: 9,
+            records: vec![("a".into(), 4)],
+        });
+        save(&p, &src).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 40 + 3 * 16 + 3 * 8);
+        let back = load(&p).unwrap();
+        assert_eq!(back, src);
+        let seqs = back.seqs.clone().unwrap();
+        assert_eq!(seqs.mark, 9);
+        assert_eq!(seqs.values[back.position(a).unwrap()], 4);
+        assert_eq!(seqs.values.iter().filter(|v| **v == 0).count(), 2);
+        // A store of an older format (digests of another hash) is not used.
+        let mut old = b"LFDIGST3".to_vec();
+        for w in [7u64, 1, 1, 0, 5, 50] {
+            old.extend_from_slice(&w.to_le_bytes());
+        }
+        std::fs::write(&p, &old).unwrap();
+        assert_eq!(load(&p), None);
+        save(&p, &src).unwrap();
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.pop();
         std::fs::write(&p, bytes).unwrap();

@@ -10,6 +10,9 @@
 //!   or past `rows` rows was saved in state;
 //! - `commit:<table>@<rows>`: while the commit that reaches `rows` rows is
 //!   still being written (the batches sent, the commit not finished);
+//! - `sync-deleted:<table>` / `sync-digests:<table>`: in a sync, right
+//!   after the ids gone from the source were deleted, and right after the
+//!   new digests were saved (before the step's record says done);
 //! - `panic:<step key>`: that step panics as it starts (instead of a kill),
 //!   to prove a panic fails its step only.
 //!

@@ -374,9 +374,38 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
             }
             _ => None,
         };
+        // A sync's indexes: built anew where the plan changed their kind
+        // or settings, even when no row changed.
+        let mut rebuilds = Vec::new();
+        if let (Mode::Sync, Some(t), Some(_)) = (c.mode, &target, now) {
+            for ix in &c.indexes {
+                let kind = ix.kind.to_string();
+                let has = t.index_kind(&c.table, &ix.column).await?;
+                let key = crate::state::StepKey::Index {
+                    table: c.table.clone(),
+                    column: ix.column.clone(),
+                    index: ix.kind,
+                };
+                if has.as_deref() != Some(kind.to_ascii_uppercase().as_str()) {
+                    rebuilds.push(format!(
+                        "build `{kind}` on `{}` (the table has {})",
+                        ix.column,
+                        has.map_or("no index there".to_string(), |h| format!("`{h}`"))
+                    ));
+                } else if state
+                    .index_settings(&key, None)
+                    .is_some_and(|p| p != ix.settings())
+                {
+                    rebuilds.push(format!(
+                        "rebuild `{kind}` on `{}` (the plan changed its settings)",
+                        ix.column
+                    ));
+                }
+            }
+        }
         infos.push(info);
         nows.push(now);
-        syncs.push(sync);
+        syncs.push(sync.map(|(ch, derived)| (ch, derived, rebuilds)));
     }
     let observed: Vec<decide::Observed> = plan
         .collections
@@ -387,7 +416,9 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
             table: c.table.clone(),
             source_count: info.count,
             now: *now,
-            changes: sync.map(|(ch, _)| ch.total()),
+            changes: sync
+                .as_ref()
+                .map(|(ch, _, rebuilds)| ch.total() + rebuilds.len() as u64),
         })
         .collect();
     let start = decide::apply_start(last, &fingerprint, Some(&observed));
@@ -408,7 +439,7 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
     let mut collections = Vec::new();
     for (((c, info), now), sync) in plan.collections.iter().zip(&infos).zip(&nows).zip(&syncs) {
         let cp = collection_plan(
-            *sync,
+            sync.clone(),
             source.as_ref(),
             target.as_ref(),
             c,
@@ -519,7 +550,7 @@ async fn table_facts(
 
 #[allow(clippy::too_many_arguments)]
 async fn collection_plan(
-    sync: Option<(crate::digest::Changes, bool)>,
+    sync: Option<(crate::digest::Changes, bool, Vec<String>)>,
     source: &dyn Source,
     target: Option<&LanceTarget>,
     c: &Collection,
@@ -740,15 +771,23 @@ async fn collection_plan(
     let mut action = action;
     // A sync writes the difference only: its counts, exact, from digests.
     let mut rows_deleted = None;
-    if let (Some((ch, derived)), Action::Change) = (sync, action) {
+    let mut rebuilds = Vec::new();
+    if let (Some((ch, derived, r)), Action::Change) = (sync, action) {
+        rebuilds = r;
         let derived = if derived {
             " (the recorded digests did not describe the table's version, so they were derived from the table)"
         } else {
             ""
         };
-        if ch.total() == 0 {
+        if ch.total() == 0 && rebuilds.is_empty() {
             action = Action::None;
             reason = format!("`sync`: no record changed since the last apply (exact){derived}");
+            copied = 0;
+        } else if ch.total() == 0 {
+            reason = format!(
+                "`sync`: no record changed since the last apply (exact){derived}; indexes: {}",
+                rebuilds.join(", ")
+            );
             copied = 0;
         } else {
             reason = format!(
@@ -839,7 +878,9 @@ async fn collection_plan(
             _ => None,
         });
 
-    let indexes = if copied > 0 || matches!(action, Action::Create | Action::Replace) {
+    let indexes = if copied == 0 && !rebuilds.is_empty() {
+        rebuilds
+    } else if copied > 0 || matches!(action, Action::Create | Action::Replace) {
         c.indexes
             .iter()
             .map(|ix| {

@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::decide;
 use super::{Ctx, StepError};
+use crate::digest::Digests;
 use crate::plan::{Collection, Mode};
 use crate::source::{SourceBatch, SourceError};
 use crate::state::StepKey;
@@ -90,6 +91,26 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         return Ok(());
     }
     let resumed_at = written;
+    // A sync's first copy records the source's write sequence numbers with
+    // its digests, read before any record (a record written during the
+    // copy then has a higher number, and the next sync reads it again).
+    // Not after a resume: rows copied before the kill were read earlier.
+    let sequences = if c.mode == Mode::Sync && written == 0 {
+        ctx.source.sequences(&c.source).await?
+    } else {
+        None
+    };
+    // ... and the digests of the rows it writes, taken from the source as
+    // they pass: validation then scans the table alone, and the next sync
+    // compares with them. A resumed copy derives them from the table.
+    let id_col = c
+        .columns
+        .iter()
+        .position(|col| col.from == crate::plan::Field::Id);
+    let mut source_digests: Option<Vec<(u64, u64)>> = match (c.mode, written, id_col) {
+        (Mode::Sync, 0, Some(_)) => Some(Vec::with_capacity(info.count as usize)),
+        _ => None,
+    };
     ctx.update(&step, |r| {
         r.source_count = Some(info.count);
         r.cursor = written;
@@ -166,6 +187,9 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         let mut failure = None;
         while let Some(b) = batch.take() {
             let n = b.num_rows() as u64;
+            if let (Some(d), Some(id)) = (source_digests.as_mut(), id_col) {
+                d.extend(crate::digest::row_digests(&b, id));
+            }
             let t = Instant::now();
             let sent = tx.send(b).await;
             sending += t.elapsed();
@@ -212,7 +236,16 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
     if c.mode == Mode::Sync
         && let Some(v) = after
     {
-        let d = super::sync::derive(&ctx.target, c, v.version).await?;
+        let mut d = match source_digests.take() {
+            Some(pairs) => Digests {
+                from_source: true,
+                ..Digests::new(v.version, pairs)
+            },
+            None => super::sync::derive(&ctx.target, c, v.version).await?,
+        };
+        if let Some(s) = &sequences {
+            d.attach_seqs(s);
+        }
         crate::digest::save(&crate::digest::path(&ctx.store.dir, table), &d)?;
     }
     // Where the copy's time went, for `-v`: a source-bound copy waits on

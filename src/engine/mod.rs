@@ -322,6 +322,22 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
     })?;
     save(&store, &record).await?;
 
+    // Rollback needs the pre-apply tags of the last `backup.keep` applies
+    // (this one included); older ones are dropped after a successful run.
+    let keep = plan
+        .backup
+        .as_ref()
+        .map_or(crate::plan::DEFAULT_BACKUP_KEEP, |b| b.keep)
+        .max(1) as usize;
+    let mut keep_tags: HashSet<String> = state
+        .applies
+        .iter()
+        .rev()
+        .filter(|a| a.id != apply_id)
+        .take(keep - 1)
+        .map(|a| pre_apply_tag(&a.id))
+        .collect();
+    keep_tags.insert(pre_apply_tag(&apply_id));
     let graph = StepGraph::compile(&plan);
     let ctx = Arc::new(Ctx {
         plan,
@@ -337,6 +353,9 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
     });
 
     let (done, failed, not_started) = walk(&ctx, &graph, opts.fail_fast).await?;
+    if failed.is_empty() && not_started.is_empty() {
+        housekeeping(&ctx, &keep_tags).await;
+    }
 
     let ok = failed.is_empty() && not_started.is_empty();
     let report = {
@@ -534,8 +553,44 @@ async fn backup(ctx: &Arc<Ctx>) -> Result<(), StepError> {
         .await?)
 }
 
+/// After a successful apply: the pre-apply tags of applies older than the
+/// last `backup.keep` are removed, and on sync tables (re-applied again and
+/// again, each sync adding versions) the versions older than this apply
+/// that no tag holds are pruned, so replaced data is freed. Append and
+/// overwrite tables keep their history: it may be the application's.
+/// Failures are warnings: the data is already where it belongs.
+async fn housekeeping(ctx: &Arc<Ctx>, keep: &HashSet<String>) {
+    let started = ctx.record.lock().await.started;
+    for c in &ctx.plan.collections {
+        let table = c.table.as_str();
+        match ctx.target.drop_tags(table, TAG_PREFIX, keep).await {
+            Ok(dropped) if !dropped.is_empty() => ctx.progress.message(&format!(
+                "housekeeping `{table}`: removed {} pre-apply tag(s) older than the last {} applies ({})",
+                dropped.len(),
+                keep.len(),
+                dropped.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => ctx.warn(format!("housekeeping `{table}`: {e}")),
+        }
+        if c.mode != crate::plan::Mode::Sync {
+            continue;
+        }
+        let age = (Utc::now() - started).max(chrono::Duration::zero());
+        match ctx.target.prune_versions(table, age).await {
+            Ok(0) => {}
+            Ok(n) => ctx.progress.message(&format!(
+                "housekeeping `{table}`: removed {n} old version(s) no rollback needs"
+            )),
+            Err(e) => ctx.warn(format!("housekeeping `{table}`: {e}")),
+        }
+    }
+}
+
+const TAG_PREFIX: &str = "lanceferry-before-";
+
 fn pre_apply_tag(apply_id: &str) -> String {
-    format!("lanceferry-before-{apply_id}")
+    format!("{TAG_PREFIX}{apply_id}")
 }
 
 async fn snapshot(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
@@ -586,11 +641,27 @@ async fn build_index(
             .await
             .version_before
             .map(|v| v.version);
-    // The same kind of index as the plan's; otherwise it is built anew
-    // (the plan changed it).
+    // The same kind of index as the plan's, with the settings recorded
+    // when it was last built; otherwise it is built anew (the plan changed
+    // it). An index built before settings were recorded is kept.
     let same_kind = ctx.target.index_kind(table, column).await?.as_deref()
         == Some(kind.to_string().to_ascii_uppercase().as_str());
-    let outcome = if synced && same_kind {
+    let spec = index.settings();
+    let id = StepKey::Index {
+        table: table.into(),
+        column: column.into(),
+        index: kind,
+    };
+    let apply_id = ctx.apply_id().await;
+    let previous = ctx.store.load()?.index_settings(&id, Some(&apply_id));
+    let same_spec = previous.as_ref().is_none_or(|p| *p == spec);
+    if synced && same_kind && !same_spec {
+        ctx.progress.message(&format!(
+            "index: `{kind}` on `{table}.{column}`: the plan changed its settings ({} → {spec}); built anew",
+            previous.as_deref().unwrap_or("?")
+        ));
+    }
+    let outcome = if synced && same_kind && same_spec {
         if !moved {
             IndexOutcome::Skipped("the sync changed no row; the index is up to date".into())
         } else {
@@ -602,11 +673,6 @@ async fn build_index(
         }
     } else {
         ctx.target.create_index(table, index, space).await?
-    };
-    let id = StepKey::Index {
-        table: table.into(),
-        column: column.into(),
-        index: kind,
     };
     match outcome {
         IndexOutcome::Built => ctx
@@ -622,7 +688,12 @@ async fn build_index(
         )),
     }
     let after = ctx.target.version(table).await?;
-    Ok(ctx.update(&id, |r| r.version_after = after).await?)
+    Ok(ctx
+        .update(&id, |r| {
+            r.version_after = after;
+            r.spec = Some(spec);
+        })
+        .await?)
 }
 
 async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
@@ -654,10 +725,10 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     {
         sync::promote(&ctx.store.dir, table, left.version, now.version)?;
     }
-    // After a sync (its digests are the source's), every row is checked
-    // against them: all values bit for bit, the source not read again.
-    let synced = copy_rec.message.is_some_and(|m| m.starts_with("sync:"));
-    if synced
+    // After a sync or its first copy (digests of the source, taken as the
+    // rows were written), every row is checked against them: all values
+    // bit for bit, the source not read again.
+    if c.mode == crate::plan::Mode::Sync
         && c.validate.sample == crate::plan::SampleSize::All
         && let Some(now) = current
         && let Some(breaches) =

@@ -156,6 +156,11 @@ pub struct Diff {
     pub changed_ids: Vec<String>,
     /// Records the plan leaves out (`on_error: skip`).
     pub skipped: HashSet<String>,
+    /// The source's write sequence numbers, read before its records.
+    pub sequences: Option<crate::source::Sequences>,
+    /// Found by sequence numbers: only the records written since the
+    /// last sync were read.
+    pub by_sequence: bool,
 }
 
 /// Reads the source once, digests it, and compares (read-only).
@@ -168,6 +173,20 @@ pub async fn diff(
     dim: usize,
 ) -> Result<Diff, StepError> {
     let (old, derived) = recorded_or_derived(target, c, state_dir, now).await?;
+    // Read before any record, so that a record written while this runs
+    // has a higher number than the one saved with it, and is looked at
+    // again by the next sync.
+    let sequences = source.sequences(&c.source).await?;
+    if let Some(seqs) = &sequences
+        && let Some(d) = by_sequence(source, c, dim, &old, seqs).await?
+    {
+        return Ok(Diff {
+            derived,
+            version: now.version,
+            sequences,
+            ..d
+        });
+    }
     let transformer = Transformer::new(c, dim);
     let id = id_index(c);
     let mut pairs = Vec::new();
@@ -197,7 +216,92 @@ pub async fn diff(
         new,
         changed_ids,
         skipped,
+        sequences,
+        by_sequence: false,
     })
+}
+
+/// Splits the source's records by their sequence numbers against the
+/// recorded ones: the `(id hash, digest)` pairs that stand (same number),
+/// and the ids to read again. `None` when the numbers cannot be trusted.
+fn by_sequence_split(old: &Digests, seqs: &crate::source::Sequences) -> Option<Split> {
+    let recorded = old.seqs.as_ref()?;
+    if seqs.mark < recorded.mark || recorded.values.len() != old.pairs.len() {
+        return None;
+    }
+    let mut keep = Vec::with_capacity(old.pairs.len());
+    let mut look = Vec::new();
+    for (rid, seq) in &seqs.records {
+        let h = crate::hash::id_hash(rid);
+        match old.position(h) {
+            Some(i) if recorded.values[i] == *seq => keep.push(old.pairs[i]),
+            // Written since the last sync: its number passed the mark.
+            _ if *seq > recorded.mark => look.push(rid.clone()),
+            // Another number, not above the mark: renumbered.
+            Some(_) => return None,
+            // No digest: left out by the plan last time (or restored).
+            None => look.push(rid.clone()),
+        }
+    }
+    Some(Split { keep, look })
+}
+
+/// Records whose digests stand, and ids to read again.
+struct Split {
+    keep: Vec<(u64, u64)>,
+    look: Vec<String>,
+}
+
+/// The fast path of [`diff`]: a record whose write sequence number is the
+/// one recorded with its digest is unchanged and not read; records with a
+/// number above the recorded mark (written since) and records without a
+/// digest (new, or left out by the plan) are fetched by id and digested;
+/// recorded ids the source no longer has are gone. `None` (digest every
+/// record instead) whenever the numbers cannot be trusted: none recorded,
+/// the mark went back (the directory restored from a backup, the queue
+/// reset), or a record's number changed without passing the mark.
+async fn by_sequence(
+    source: &dyn Source,
+    c: &Collection,
+    dim: usize,
+    old: &Digests,
+    seqs: &crate::source::Sequences,
+) -> Result<Option<Diff>, StepError> {
+    let Some(Split { keep, look }) = by_sequence_split(old, seqs) else {
+        return Ok(None);
+    };
+    let transformer = Transformer::new(c, dim);
+    let id = id_index(c);
+    let mut pairs = keep;
+    let mut changed_ids = Vec::new();
+    let mut skipped = HashSet::new();
+    for chunk in look.chunks(1000) {
+        let b = source.get(&c.source, chunk).await?;
+        let t = transformer.transform(b)?;
+        skipped.extend(t.skipped.into_iter().map(|s| s.id));
+        let digests = digest::row_digests(&t.batch, id);
+        let ids = crate::target::string_values(t.batch.column(id).as_ref()).unwrap_or_default();
+        for ((h, d), rid) in digests.iter().zip(ids) {
+            if old.get(*h) != Some(*d) {
+                changed_ids.push(rid.unwrap_or_default().to_string());
+            }
+        }
+        pairs.extend(digests);
+    }
+    refuse_duplicates(c, &pairs, source).await?;
+    let new = Digests::new(0, pairs);
+    let (changes, _) = digest::compare(old, &new);
+    Ok(Some(Diff {
+        changes,
+        derived: false,
+        version: old.version,
+        old: old.clone(),
+        new,
+        changed_ids,
+        skipped,
+        sequences: None,
+        by_sequence: true,
+    }))
 }
 
 /// A source that holds one id twice cannot be synced (which record is the
@@ -258,7 +362,7 @@ async fn write_diff(
     c: &Collection,
     transformer: &Transformer,
     d: &Diff,
-) -> Result<Digests, StepError> {
+) -> Result<(Digests, Vec<u64>), StepError> {
     let id = id_index(c);
     let mut new: std::collections::HashMap<u64, u64> = d.new.pairs.iter().copied().collect();
     let table = c.table.as_str();
@@ -271,6 +375,7 @@ async fn write_diff(
         .clone();
     let checkpoint = ctx.plan.checkpoint_rows.max(1) as usize;
     let mut written = 0u64;
+    let mut commits = Vec::new();
     for group in d.changed_ids.chunks(checkpoint) {
         let mut buf = Vec::new();
         for chunk in group.chunks(1000) {
@@ -289,6 +394,7 @@ async fn write_diff(
         }
         let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
         let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
+        commits.push(rows);
         written += rows;
         ctx.progress.advance(table, rows);
         ctx.update(&step, |r| {
@@ -299,7 +405,11 @@ async fn write_diff(
         .await?;
         crate::failpoint::hit_rows("checkpoint", table, written);
     }
-    Ok(Digests::new(0, new.into_iter().collect()))
+    let mut out = Digests::new(0, new.into_iter().collect());
+    if let Some(s) = &d.sequences {
+        out.attach_seqs(s);
+    }
+    Ok((out, commits))
 }
 
 /// The sync of one collection onto its existing table (apply's copy step).
@@ -326,12 +436,18 @@ pub(crate) async fn sync(
                 now.version
             ));
         }
-        let new = write_diff(ctx, c, &transformer, &d).await?;
+        let (new, commits) = write_diff(ctx, c, &transformer, &d).await?;
         let (mut changes, _) = digest::compare(&d.old, &new);
         changes.delete = 0; // counted by `finish`, which deletes
-        return finish(ctx, c, d.old, new, changes, d.skipped, now).await;
+        let done = Written {
+            changes,
+            commits,
+            by_sequence: d.by_sequence,
+        };
+        return finish(ctx, c, d.old, new, done, d.skipped, now).await;
     }
     let (old, derived) = recorded_or_derived(&ctx.target, c, &ctx.store.dir, now).await?;
+    let sequences = ctx.source.sequences(&c.source).await?;
     if derived {
         ctx.progress.message(&format!(
             "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, or a write outside lanceferry); derived them from the table",
@@ -356,6 +472,7 @@ pub(crate) async fn sync(
     let mut buf: Vec<RecordBatch> = Vec::new();
     let (mut rows, mut bytes) = (0u64, 0usize);
     let mut written = 0u64;
+    let mut commits = Vec::new();
     loop {
         let next = pull.next().await?;
         if let Some(b) = &next {
@@ -398,6 +515,7 @@ pub(crate) async fn sync(
                 .target
                 .upsert(table, schema.clone(), std::mem::take(&mut buf), &key)
                 .await?;
+            commits.push(rows);
             written += rows;
             ctx.progress.advance(table, rows);
             (rows, bytes) = (0, 0);
@@ -414,8 +532,23 @@ pub(crate) async fn sync(
         }
     }
     refuse_duplicates(c, &new_pairs, ctx.source.as_ref()).await?;
-    let new = Digests::new(0, new_pairs);
-    finish(ctx, c, old, new, changes, pull.skipped_ids, now).await
+    let mut new = Digests::new(0, new_pairs);
+    if let Some(s) = &sequences {
+        new.attach_seqs(s);
+    }
+    let done = Written {
+        changes,
+        commits,
+        by_sequence: false,
+    };
+    finish(ctx, c, old, new, done, pull.skipped_ids, now).await
+}
+
+/// What a sync merged: the counts, and the rows of each merge commit.
+struct Written {
+    changes: Changes,
+    commits: Vec<u64>,
+    by_sequence: bool,
 }
 
 /// The end of a sync: ids no longer in the source deleted (found by hash
@@ -426,10 +559,11 @@ async fn finish(
     c: &Collection,
     old: Digests,
     new: Digests,
-    mut changes: Changes,
+    done: Written,
     skipped_ids: HashSet<String>,
     now: TableVersion,
 ) -> Result<Changes, StepError> {
+    let mut changes = done.changes;
     let table = c.table.as_str();
     let step = StepKey::copy(table);
     let key = c
@@ -439,6 +573,7 @@ async fn finish(
         .clone();
     let (_, gone) = digest::compare(&old, &new);
     changes.delete = 0;
+    let mut deletes = Vec::new();
     if !gone.is_empty() {
         let gone: HashSet<u64> = gone.into_iter().collect();
         let mut ids = Vec::new();
@@ -456,7 +591,8 @@ async fn finish(
             })
             .await?;
         changes.delete = ids.len() as u64;
-        ctx.target.delete_ids(table, &key, &ids).await?;
+        deletes = ctx.target.delete_ids(table, &key, &ids).await?;
+        crate::failpoint::hit(&format!("sync-deleted:{table}"));
     }
     // Many small syncs leave many small fragments: merge them (the
     // indexes are remapped), so reads stay as fast as after a full copy.
@@ -471,17 +607,42 @@ async fn finish(
             version: after.version,
             pairs: new.pairs,
             from_source: true,
+            seqs: new.seqs,
         },
     )?;
+    crate::failpoint::hit(&format!("sync-digests:{table}"));
     let skipped = skipped_ids.len() as u64;
     ctx.skipped
         .lock()
         .expect("skipped lock")
         .insert(table.to_string(), skipped_ids);
-    let message = format!(
+    let mut message = format!(
         "sync: {} inserted, {} updated, {} deleted",
         changes.insert, changes.update, changes.delete
     );
+    let list = |v: &[u64]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !done.commits.is_empty() {
+        message += &format!(
+            "; {} merge commit(s) of {} rows",
+            done.commits.len(),
+            list(&done.commits)
+        );
+    }
+    if !deletes.is_empty() {
+        message += &format!(
+            "; {} delete commit(s) of {} ids",
+            deletes.len(),
+            list(&deletes)
+        );
+    }
+    if done.by_sequence {
+        message += "; changes found by Chroma's sequence numbers";
+    }
     ctx.progress.message(&format!("copy `{table}`: {message}"));
     ctx.update(&step, |r| {
         r.rows = changes.total();
@@ -492,4 +653,59 @@ async fn finish(
     })
     .await?;
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Sequences;
+
+    fn recorded(mark: u64, recs: &[(&str, u64, u64)]) -> Digests {
+        let mut d = Digests::new(
+            1,
+            recs.iter()
+                .map(|(id, dg, _)| (crate::hash::id_hash(id), *dg))
+                .collect(),
+        );
+        d.attach_seqs(&Sequences {
+            mark,
+            records: recs.iter().map(|(id, _, s)| (id.to_string(), *s)).collect(),
+        });
+        d
+    }
+
+    fn now(mark: u64, recs: &[(&str, u64)]) -> Sequences {
+        Sequences {
+            mark,
+            records: recs.iter().map(|(id, s)| (id.to_string(), *s)).collect(),
+        }
+    }
+
+    #[test]
+    fn only_records_written_since_the_mark_are_read_again() {
+        let old = recorded(10, &[("a", 1, 3), ("b", 2, 7), ("c", 3, 10)]);
+        // b rewritten (12), c gone, d new (13).
+        let s = by_sequence_split(&old, &now(13, &[("a", 3), ("b", 12), ("d", 13)])).unwrap();
+        assert_eq!(s.keep, vec![(crate::hash::id_hash("a"), 1)]);
+        assert_eq!(s.look, vec!["b".to_string(), "d".to_string()]);
+        // Nothing written: nothing read.
+        let s = by_sequence_split(&old, &now(10, &[("a", 3), ("b", 7), ("c", 10)])).unwrap();
+        assert_eq!((s.keep.len(), s.look.len()), (3, 0));
+    }
+
+    #[test]
+    fn numbers_that_cannot_be_trusted_fall_back_to_digesting_everything() {
+        let old = recorded(10, &[("a", 1, 3), ("b", 2, 7)]);
+        // The mark went back: restored from a backup, or the queue reset.
+        assert!(by_sequence_split(&old, &now(9, &[("a", 3), ("b", 7)])).is_none());
+        // A record renumbered below the mark.
+        assert!(by_sequence_split(&old, &now(12, &[("a", 3), ("b", 5)])).is_none());
+        // No numbers recorded (a JSON Lines or server source before).
+        let mut none = old.clone();
+        none.seqs = None;
+        assert!(by_sequence_split(&none, &now(10, &[("a", 3)])).is_none());
+        // A record without a digest is read again, whatever its number.
+        let s = by_sequence_split(&old, &now(10, &[("a", 3), ("b", 7), ("z", 2)])).unwrap();
+        assert_eq!(s.look, vec!["z".to_string()]);
+    }
 }

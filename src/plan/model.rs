@@ -346,6 +346,17 @@ pub struct Index {
     pub num_sub_vectors: Option<u32>,
 }
 
+impl Index {
+    /// The settings that decide how the index is built, as recorded in the
+    /// state: a sync rebuilds an index whose settings the plan changed.
+    pub fn settings(&self) -> String {
+        format!(
+            "{:?} metric={:?} partitions={:?} sub_vectors={:?}",
+            self.kind, self.metric, self.num_partitions, self.num_sub_vectors
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleSize {

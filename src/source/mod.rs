@@ -217,6 +217,29 @@ pub trait Source: Send + Sync {
 
     /// The records with the given ids (absent ids are left out).
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError>;
+
+    /// Every live record's write sequence number, where the store keeps
+    /// one (a Chroma directory: the metadata segment's `seq_id`, and the
+    /// write-ahead queue above it), without reading any record. `None`
+    /// where the store has no such number (a server, JSON Lines): a sync
+    /// then digests every record.
+    async fn sequences(&self, _collection: &str) -> Result<Option<Sequences>, SourceError> {
+        Ok(None)
+    }
+}
+
+/// Write sequence numbers of a collection's records: every write to a
+/// record (add, update of any field, upsert, even with identical values)
+/// gives it the next number of the store's queue, so a record whose number
+/// is unchanged since it was last read is unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sequences {
+    /// The highest number the collection has consumed (its segment's
+    /// position, its records', its queue rows'): every later write to it
+    /// gets a higher one, unless the numbers were reset.
+    pub mark: u64,
+    /// `(id, seq)` of every live record.
+    pub records: Vec<(String, u64)>,
 }
 
 /// Runs a blocking reader on its own thread and turns what it hands to its

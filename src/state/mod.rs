@@ -129,6 +129,10 @@ pub struct StepRecord {
     /// The source's count when the copy started (to detect a changing source).
     pub source_count: Option<u64>,
     pub message: Option<String>,
+    /// An index step: the plan's settings of the index it built or kept,
+    /// so a later sync knows whether the plan changed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +200,18 @@ pub struct State {
     pub plan: String,
     pub target: String,
     pub applies: Vec<ApplyRecord>,
+}
+
+impl State {
+    /// The index settings the latest apply (other than `except`) recorded
+    /// for an index step.
+    pub fn index_settings(&self, step: &StepKey, except: Option<&str>) -> Option<String> {
+        self.applies
+            .iter()
+            .rev()
+            .filter(|a| Some(a.id.as_str()) != except)
+            .find_map(|a| a.steps.get(step).and_then(|r| r.spec.clone()))
+    }
 }
 
 /// `target.json`: what a state directory belongs to.

@@ -31,6 +31,10 @@ pub const SMALL_FRAGMENTS_TO_COMPACT: usize = 16;
 /// Rows below which a vector index is not built (PQ training needs 256).
 pub const MIN_ROWS_FOR_VECTOR_INDEX: usize = 256;
 
+/// Ids one delete commit names: a sync that removes many records deletes
+/// them in few commits, each filter an `IN` list DataFusion hashes.
+pub const DELETE_IDS_PER_COMMIT: usize = 8192;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("LanceDB at `{uri}`: {action} failed: {source}\nhint: {hint}")]
@@ -409,6 +413,64 @@ impl LanceTarget {
             .map_err(self.err(format!("tagging version {version} of `{name}`"), "retry"))
     }
 
+    /// Removes the table's tags that start with `prefix` and are not in
+    /// `keep`; returns their names.
+    pub async fn drop_tags(
+        &self,
+        name: &str,
+        prefix: &str,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<Vec<String>, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(Vec::new());
+        };
+        let mut tags = t
+            .tags()
+            .await
+            .map_err(self.err(format!("reading tags of `{name}`"), "retry"))?;
+        let mut old: Vec<String> = tags
+            .list()
+            .await
+            .map_err(self.err(format!("listing tags of `{name}`"), "retry"))?
+            .into_keys()
+            .filter(|k| k.starts_with(prefix) && !keep.contains(k))
+            .collect();
+        old.sort();
+        for tag in &old {
+            tags.delete(tag).await.map_err(self.err(
+                format!("removing tag `{tag}` of `{name}`"),
+                "retry; a tag left behind only keeps old data on disk",
+            ))?;
+        }
+        Ok(old)
+    }
+
+    /// Removes the versions older than `older_than` that no tag holds (and
+    /// the files only they used); returns how many.
+    pub async fn prune_versions(
+        &self,
+        name: &str,
+        older_than: chrono::Duration,
+    ) -> Result<u64, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(0);
+        };
+        let stats = t
+            .optimize(lancedb::table::OptimizeAction::Prune {
+                older_than: Some(older_than),
+                // Files no manifest references may belong to a write in
+                // progress: Lance's own week of grace stays.
+                delete_unverified: Some(false),
+                error_if_tagged_old_versions: Some(false),
+            })
+            .await
+            .map_err(self.err(
+                format!("removing old versions of `{name}`"),
+                "retry; old versions only take disk space",
+            ))?;
+        Ok(stats.prune.map_or(0, |p| p.old_versions))
+    }
+
     /// Makes `version` the table's latest version again (a new commit).
     pub async fn restore(&self, name: &str, version: u64) -> Result<TableVersion, TargetError> {
         let t = self.existing(name, "restoring").await?;
@@ -422,22 +484,25 @@ impl LanceTarget {
         self.existing_version(name, "reading the version of").await
     }
 
-    /// Deletes the rows whose `column` is one of `ids` (1,000 a commit).
+    /// Deletes the rows whose `column` is one of `ids`, in commits of
+    /// [`DELETE_IDS_PER_COMMIT`]; returns the ids each commit named.
     pub async fn delete_ids(
         &self,
         name: &str,
         column: &str,
         ids: &[String],
-    ) -> Result<(), TargetError> {
+    ) -> Result<Vec<u64>, TargetError> {
         let t = self.existing(name, "deleting from").await?;
-        for chunk in ids.chunks(1000) {
+        let mut commits = Vec::new();
+        for chunk in ids.chunks(DELETE_IDS_PER_COMMIT) {
             let filter = id_filter(column, chunk);
             t.delete(filter.as_str()).await.map_err(self.err(
                 format!("deleting {} rows from `{name}`", chunk.len()),
                 "re-run `lanceferry apply`; deleting by id is idempotent",
             ))?;
+            commits.push(chunk.len() as u64);
         }
-        Ok(())
+        Ok(commits)
     }
 
     /// Streams `columns` of every row of a table (its latest version).

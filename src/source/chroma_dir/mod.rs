@@ -205,6 +205,14 @@ impl ChromaDir {
         }
     }
 
+    /// Every live record's write sequence number, from SQLite and the
+    /// queue alone.
+    pub fn sequences_sync(&self, name: &str) -> Result<super::Sequences, SourceError> {
+        let conn = self.connect()?;
+        let ctx = self.ctx(&conn, name, Vectors::Skip)?;
+        ctx.sequences(&conn)
+    }
+
     /// The records with the given ids.
     pub fn get_sync(&self, name: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
         let conn = self.connect()?;
@@ -301,5 +309,11 @@ impl Source for ChromaDir {
         let name = collection.to_string();
         let ids = ids.to_vec();
         super::run_blocking(move || me.get_sync(&name, &ids)).await
+    }
+
+    async fn sequences(&self, collection: &str) -> Result<Option<super::Sequences>, SourceError> {
+        let me = self.clone();
+        let name = collection.to_string();
+        super::run_blocking(move || me.sequences_sync(&name).map(Some)).await
     }
 }

@@ -19,6 +19,21 @@ use crate::plan::DistanceSpace;
 use crate::source::record::{MetaValue, SourceBatch};
 use crate::source::{CollectionInfo, SourceError};
 
+/// A `seq_id` cell as a number: 0.x writes 8 big-endian bytes, 1.x an
+/// integer.
+fn seq_value(v: rusqlite::types::ValueRef<'_>) -> u64 {
+    match v {
+        rusqlite::types::ValueRef::Integer(i) => i.max(0) as u64,
+        rusqlite::types::ValueRef::Blob(b) => {
+            let mut buf = [0u8; 8];
+            let n = b.len().min(8);
+            buf[8 - n..].copy_from_slice(&b[b.len() - n..]);
+            u64::from_be_bytes(buf)
+        }
+        _ => 0,
+    }
+}
+
 /// Whether a collection is read with its vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Vectors {
@@ -47,6 +62,8 @@ pub(super) struct CollectionCtx {
     arrays: bool,
     overlay: Overlay,
     collection_metadata: BTreeMap<String, MetaValue>,
+    /// How far the metadata segment has consumed the queue.
+    metadata_seq: i64,
 }
 
 /// The compacted state the queue is replayed on: the metadata segment in
@@ -186,6 +203,7 @@ impl CollectionCtx {
             arrays,
             overlay,
             collection_metadata,
+            metadata_seq,
         })
     }
 
@@ -434,6 +452,64 @@ impl CollectionCtx {
             sink(out);
         }
         Ok(())
+    }
+
+    /// Every live record's write sequence number: the metadata segment's
+    /// `seq_id` (an 8-byte big-endian BLOB before 1.0, an INTEGER since),
+    /// raised by the queue rows above the segment's position, and the
+    /// collection's high-water mark.
+    pub(super) fn sequences(
+        &self,
+        conn: &Connection,
+    ) -> Result<crate::source::Sequences, SourceError> {
+        let e = sqlite_err(&self.dir);
+        let mut stmt = conn
+            .prepare(
+                "SELECT embedding_id, seq_id FROM embeddings WHERE +segment_id = ?1 ORDER BY id",
+            )
+            .map_err(&e)?;
+        let mut mark = self.metadata_seq.max(0) as u64;
+        let mut records: Vec<(String, u64)> = stmt
+            .query_map([&self.meta.metadata_segment], |r| {
+                Ok((r.get::<_, String>(0)?, seq_value(r.get_ref(1)?)))
+            })
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
+        for (_, seq) in &records {
+            mark = mark.max(*seq);
+        }
+        // Queue rows the metadata segment has not consumed: the replay
+        // already decided which ids they leave alive; each such id takes
+        // the number of its last row.
+        if !self.overlay.fields.is_empty() {
+            let ops = overlay::read_queue(
+                conn,
+                &self.dir,
+                &self.place,
+                &self.meta.id,
+                self.metadata_seq,
+            )?;
+            let mut last: std::collections::HashMap<&str, u64> = Default::default();
+            for op in &ops {
+                last.insert(op.id.as_str(), op.seq.max(0) as u64);
+                mark = mark.max(op.seq.max(0) as u64);
+            }
+            records.retain(|(id, _)| !matches!(self.overlay.fields.get(id), Some(None)));
+            for (id, seq) in records.iter_mut() {
+                if self.overlay.fields.contains_key(id)
+                    && let Some(s) = last.get(id.as_str())
+                {
+                    *seq = *s;
+                }
+            }
+            for id in &self.overlay.queue_only {
+                if let Some(Some(_)) = self.overlay.fields.get(id) {
+                    records.push((id.clone(), last.get(id.as_str()).copied().unwrap_or(mark)));
+                }
+            }
+        }
+        Ok(crate::source::Sequences { mark, records })
     }
 
     pub(super) fn get(
