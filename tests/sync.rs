@@ -756,3 +756,75 @@ fn changed_index_settings_are_built_on_a_synced_table() {
     );
     verify_ok(&p);
 }
+
+/// Repeated syncs do not pile up history: after each successful apply only
+/// the pre-apply tags of the last `backup.keep` applies remain, versions
+/// no tag holds are pruned, and the last sync can still be rolled back.
+#[test]
+fn syncs_keep_only_the_tags_and_versions_rollback_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut recs: Vec<Rec> = (0..100).map(rec).collect();
+    write(&d.join("src"), &recs);
+    let p = plan(d, 30);
+    let text_plan = std::fs::read_to_string(&p).unwrap().replace(
+        "defaults:",
+        &format!(
+            "backup: {{ dir: {}, keep: 2 }}\ndefaults:",
+            d.join("backups").display()
+        ),
+    );
+    std::fs::write(&p, text_plan).unwrap();
+    let ps = p.to_str().unwrap();
+    let facts = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let db = lancedb::connect(d.join("lancedb").to_str().unwrap())
+                .execute()
+                .await
+                .unwrap();
+            let t = db.open_table("docs").execute().await.unwrap();
+            let mut tags: Vec<String> = t
+                .tags()
+                .await
+                .unwrap()
+                .list()
+                .await
+                .unwrap()
+                .into_keys()
+                .collect();
+            tags.sort();
+            (tags, t.list_versions().await.unwrap().len())
+        })
+    };
+    let mut versions = Vec::new();
+    for round in 0..5 {
+        if round > 0 {
+            // 40 records edited: two merge commits of 30 and 10 rows.
+            for r in recs.iter_mut().take(40) {
+                r.doc = format!("round {round} of {}", r.id);
+            }
+            write(&d.join("src"), &recs);
+        }
+        let o = run(&["apply", ps, "--auto-approve"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let (tags, n) = facts();
+        assert!(tags.len() <= 2, "round {round}: {tags:?}");
+        versions.push(n);
+    }
+    eprintln!("versions kept after each apply: {versions:?}");
+    // Every sync adds versions (merges, index update); pruning keeps their
+    // number bounded instead of growing with every round.
+    // Unpruned, each round would add at least three (two merges and the
+    // index update): twelve or more after four syncs.
+    assert!(
+        versions[4] <= versions[2] + 1 && versions[4] < 12,
+        "versions kept per round: {versions:?}"
+    );
+    let (tags, _) = facts();
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    let o = run(&["rollback", ps, "--auto-approve"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["plan", ps, "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(2), "the rolled-back edits show again: {}", text(&o));
+}
