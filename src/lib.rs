@@ -13,6 +13,7 @@ pub mod export;
 pub mod failpoint;
 pub mod graph;
 pub mod hash;
+pub mod mirror;
 pub mod plan;
 pub mod source;
 pub mod state;

@@ -252,25 +252,31 @@ fn apply_without_terminal_or_auto_approve_refuses() {
     assert!(!dir.path().join("lancedb").exists(), "nothing was written");
 }
 
-/// An object-store URI fails at connect, before anything is read or
-/// written, with a hint that names what this build supports.
+/// An object-store URI this build cannot write is refused by the checker,
+/// with its position, before anything is read or written, with a hint that
+/// names what this build supports.
 #[test]
-fn an_object_store_uri_is_refused_with_a_hint() {
+fn an_object_store_uri_the_build_lacks_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let plan = mode_plan(dir.path(), "create");
     let text_of = std::fs::read_to_string(&plan).unwrap().replace(
         &format!("uri: {}", dir.path().join("lancedb").display()),
-        "uri: \"s3://bucket/lancedb\"",
+        "uri: \"gs://bucket/lancedb\"",
     );
     std::fs::write(&plan, text_of).unwrap();
-    let o = run(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("s3://bucket/lancedb")
-            && text(&o).contains("hint: this build of lanceferry writes to local directories only"),
-        "{}",
-        text(&o)
-    );
+    for cmd in ["check", "apply"] {
+        let o =
+            run(&[cmd, plan.to_str().unwrap(), "--auto-approve"]
+                [..if cmd == "check" { 2 } else { 3 }]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("cannot write `gs://` URIs")
+                && text(&o).contains(&format!("--> {}:", plan.display()))
+                && text(&o).contains("this build writes to local directories and `s3://`"),
+            "{cmd}: {}",
+            text(&o)
+        );
+    }
 }
 
 /// Upsert merges into a table that holds other rows too: validation checks

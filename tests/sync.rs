@@ -826,5 +826,10 @@ fn syncs_keep_only_the_tags_and_versions_rollback_needs() {
     let o = run(&["rollback", ps, "--auto-approve"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = run(&["plan", ps, "--detailed-exitcode"]);
-    assert_eq!(o.status.code(), Some(2), "the rolled-back edits show again: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the rolled-back edits show again: {}",
+        text(&o)
+    );
 }

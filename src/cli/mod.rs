@@ -6,6 +6,7 @@
 //! "`plan` found changes" (`--detailed-exitcode`).
 
 mod data;
+mod mirror;
 mod output;
 mod progress;
 
@@ -56,6 +57,8 @@ pub enum ColorChoice {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Proxy a Chroma server and mirror the writes on the plan's collections into LanceDB (dual writes during a cut-over).
+    Mirror(mirror::MirrorArgs),
     /// Check a plan: syntax, schema, variables and meaning; touches neither store.
     Check {
         /// The plan file.
@@ -341,7 +344,13 @@ pub fn main() -> ExitCode {
         }
     };
     let out = Output::new(cli.global.color);
-    init_tracing(cli.global.verbose);
+    // A serving mirror is a server: where it listens, its line a minute and
+    // what it recovers are shown by default.
+    let verbose = match &cli.command {
+        Command::Mirror(m) if m.serves() => cli.global.verbose.max(1),
+        _ => cli.global.verbose,
+    };
+    init_tracing(verbose);
     match run(cli, &out) {
         Ok(code) => code,
         Err(e) => {
@@ -450,6 +459,7 @@ fn load(path: &Path, global: &GlobalArgs, out: &Output) -> Result<Plan> {
 fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
     let stdout = &mut std::io::stdout().lock();
     match &cli.command {
+        Command::Mirror(args) => return mirror::run(args, &cli.global, out, stdout),
         Command::Schema { plan_output } => {
             if *plan_output {
                 stdout.write_all(crate::diff::json_schema_text().as_bytes())?;

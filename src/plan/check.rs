@@ -144,6 +144,14 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
                     "the LanceDB `uri` is empty",
                     "set `target.lancedb.uri` to a directory such as `./lancedb`",
                 ));
+            } else if let Some(scheme) = unsupported_scheme(&t.uri) {
+                errs.push(loc.diag(
+                    loc.value("/target/lancedb/uri"),
+                    format!("this build of lanceferry cannot write `{scheme}://` URIs"),
+                    format!(
+                        "this build writes to local directories and {SUPPORTED_SCHEMES}; for `{scheme}://`, build lanceferry with LanceDB's matching feature (see the README), or use a mounted bucket as a local path"
+                    ),
+                ));
             }
             let storage_options: Vec<(String, String)> = t
                 .storage_options
@@ -750,6 +758,20 @@ fn check_validate(
     v.content = vs.content.unwrap_or(true);
     v.metadata = vs.metadata.unwrap_or(true);
     v
+}
+
+/// Object stores this build writes (LanceDB's `aws` feature).
+const SUPPORTED_SCHEMES: &str =
+    "`s3://` (also S3-compatible stores through `storage_options`), and `memory://`";
+
+/// The scheme of a target URI this build cannot write (`gs`, `az`, ...);
+/// `None` for a local path or a supported store.
+fn unsupported_scheme(uri: &str) -> Option<&str> {
+    let (scheme, _) = uri.split_once("://")?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" | "s3" | "s3+ddb" | "memory" => None,
+        _ => Some(scheme),
+    }
 }
 
 #[cfg(test)]

@@ -110,10 +110,10 @@ impl LanceTarget {
             builder = builder.storage_option(k, v);
         }
         let conn = builder.execute().await.map_err(|source| {
-            // This build compiles LanceDB without its cloud object stores
-            // (they double the build); say so rather than "invalid input".
+            // `check` refuses the schemes this build lacks; should one get
+            // here anyway, say so rather than "invalid input".
             let hint = if source.to_string().contains("No object store provider") {
-                "this build of lanceferry writes to local directories only (LanceDB's object-store features are not compiled in); use a local path, or a mounted bucket"
+                "this build of lanceferry writes to local directories and s3:// only (LanceDB's other object-store features are not compiled in); use a local path, or a mounted bucket"
             } else {
                 "check `target.lancedb.uri` (a directory such as `./lancedb`) and its permissions"
             };
