@@ -5,6 +5,8 @@
 #   chroma-0.6.3   chromadb 0.6.3 (compatibility fixtures)
 #   chroma-0.5.23  chromadb 0.5.23 (compatibility fixtures)
 #   chroma-0.4.24  chromadb 0.4.24 with numpy<2 (compatibility fixtures, API v1)
+#   moto           moto[server] + boto3 (an S3 endpoint on loopback for the
+#                  object-store tests)
 # Location: $LANCEFERRY_VENVS (default ~/.cache/lanceferry-venvs).
 #
 # Safe to run many times at once (tests in several threads and processes
@@ -42,7 +44,7 @@ make_venv() {
 
 want=("$@")
 if [ ${#want[@]} -eq 0 ]; then
-  want=(chroma-1.5.9 chroma-0.6.3 chroma-0.5.23 chroma-0.4.24)
+  want=(chroma-1.5.9 chroma-0.6.3 chroma-0.5.23 chroma-0.4.24 moto)
 fi
 for name in "${want[@]}"; do
   case "$name" in
@@ -50,6 +52,7 @@ for name in "${want[@]}"; do
     chroma-0.6.3)  make_venv "$name" chromadb==0.6.3 ;;
     chroma-0.5.23) make_venv "$name" chromadb==0.5.23 "numpy<2" ;;
     chroma-0.4.24) make_venv "$name" chromadb==0.4.24 "numpy<2" ;;
+    moto)          make_venv "$name" "moto[server]==5.2.5" boto3 ;;
     *) echo "setup-python: unknown environment $name" >&2; exit 2 ;;
   esac
 done

@@ -42,8 +42,8 @@ pub struct MirrorArgs {
     /// Ids after which the writer commits without waiting.
     #[arg(long, value_name = "N", default_value_t = mirror::DEFAULT_BATCH_MAX_IDS, hide = true)]
     batch_max_ids: usize,
-    /// Seconds a write whose upstream outcome is unknown (a crash) waits before it is read back.
-    #[arg(long, value_name = "SECS", default_value_t = 10, hide = true)]
+    /// Seconds a write whose upstream outcome is unknown (a crash, a 5xx) waits before it is read back.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
     in_flight_grace: u64,
 }
 

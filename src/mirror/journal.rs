@@ -291,20 +291,39 @@ struct Book {
 }
 
 impl Book {
-    /// The segment a new write line of `len` bytes goes to, counted there.
-    fn place(&mut self, len: u64) -> u64 {
+    /// The segment a new write line of `len` bytes goes to, counted there;
+    /// and the segment it leaves behind if that holds no pending entry
+    /// (the caller deletes it: nothing else would).
+    fn place(&mut self, len: u64) -> (u64, Option<u64>) {
         let full = self
             .segments
             .get(&self.current)
             .is_some_and(|s| s.bytes > 0 && s.bytes + len > self.segment_max);
+        let mut retired = None;
         if full {
+            if self
+                .segments
+                .get(&self.current)
+                .is_some_and(|s| s.live == 0)
+            {
+                retired = Some(self.current);
+            }
             self.current += 1;
         }
         let s = self.segments.entry(self.current).or_default();
         s.bytes += len;
         s.live += 1;
         self.bytes += len;
-        self.current
+        (self.current, retired)
+    }
+
+    /// Whether the current segment, now without pending entries, is big
+    /// enough to delete rather than keep writing to.
+    fn retire_current(&self) -> bool {
+        let keep_below = self.segment_max.min(self.max_bytes / 4);
+        self.segments
+            .get(&self.current)
+            .is_none_or(|s| s.bytes >= keep_below)
     }
 
     /// Counts `len` more bytes in a segment (an outcome or applied line).
@@ -675,7 +694,11 @@ impl Journal {
                 return Ok(None);
             }
             book.next_seq += 1;
-            let segment = book.place(len);
+            let (segment, retired) = book.place(len);
+            if let Some(old) = retired {
+                book.forget_segment(old);
+                let _ = self.inner.tx.send(Cmd::Remove { segment: old });
+            }
             book.entries.insert(
                 seq,
                 Entry {
@@ -840,7 +863,12 @@ impl Journal {
                 .entry(segment)
                 .or_default()
                 .extend(json_line(&AppliedLine { seq }));
-            if empty {
+            // The segment new lines go to stays while it is small, however
+            // empty: deleting it would cost a new file (and its directory
+            // sync) for the next write, at every write when traffic is
+            // light. Grown to a quarter of the bound (or its own size
+            // limit), it goes, so its lines never keep the journal full.
+            if empty && (segment != book.current || book.retire_current()) {
                 emptied.insert(segment);
             }
         }
@@ -983,7 +1011,15 @@ fn append(
             e.insert(f)
         }
     };
-    f.write_all(bytes)
+    // A failed write (a full disk) must not leave half a line in the
+    // middle of the segment, which a replay would take for damage: cut
+    // the file back to where it was.
+    let before = f.metadata()?.len();
+    if let Err(e) = f.write_all(bytes) {
+        let _ = f.set_len(before);
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1022,7 +1058,21 @@ mod tests {
         j.applied(&b.seqs());
         j.sync().await;
         assert_eq!(j.pending().entries, 0);
-        // Every entry of the segment applied: the file is gone.
+        // Every entry applied, but the segment is the one being written
+        // to, and small: it stays for the next write (no file per write).
+        assert_eq!(segments(tmp.path()), 1);
+        let next = j
+            .record("docs", Op::Add, ids(&["c"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(segments(tmp.path()), 1, "the same file");
+        j.outcome(next, Some(true), Some(200));
+        j.applied(&[next]);
+        drop(j);
+        // Reopened, a segment without pending entries is removed.
+        let (_j, replayed) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(replayed.pending, 0);
         assert_eq!(segments(tmp.path()), 0);
     }
 

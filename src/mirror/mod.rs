@@ -114,6 +114,14 @@ pub enum MirrorError {
     )]
     NoIdColumn { collection: String },
     #[error(
+        "collection `{collection}` is copied into two tables (`{first}` and `{second}`); the mirror keeps one table per collection\nhint: serve a plan that maps each collection once (a copy of this plan without the second mapping), and keep the other table level with `lanceferry apply` (mode: sync)"
+    )]
+    SourceTwice {
+        collection: String,
+        first: String,
+        second: String,
+    },
+    #[error(
         "the mirror journal `{path}` still holds {pending} entr(ies) after repeated failures: {reasons}\nhint: fix what the reason says and run `lanceferry mirror PLAN --drain` again; nothing is lost, the journal keeps every entry"
     )]
     DrainStuck {
@@ -272,6 +280,9 @@ fn upstream_options(plan: &Plan, over: Option<&str>) -> Result<HttpOptions, Mirr
 fn forward_client(opts: &HttpOptions) -> Result<reqwest::Client, MirrorError> {
     let shown = crate::plan::redact::url(&opts.url);
     let mut builder = reqwest::Client::builder()
+        // Straight to the upstream: an `HTTP(S)_PROXY` of the environment
+        // would see the clients' tokens.
+        .no_proxy()
         .no_gzip()
         .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
@@ -410,10 +421,18 @@ struct Setup {
 
 async fn prepare(plan: &Plan, opts: &MirrorOptions) -> Result<Setup, MirrorError> {
     let upstream = upstream_options(plan, opts.upstream.as_deref())?;
+    let mut tables = std::collections::HashMap::new();
     for c in &plan.collections {
         if c.id_column().is_none() {
             return Err(MirrorError::NoIdColumn {
                 collection: c.source.clone(),
+            });
+        }
+        if let Some(first) = tables.insert(c.source.clone(), c.table.clone()) {
+            return Err(MirrorError::SourceTwice {
+                collection: c.source.clone(),
+                first,
+                second: c.table.clone(),
             });
         }
     }

@@ -318,6 +318,12 @@ impl OutcomeGuard {
         self.journal.outcome(self.seq, Some(ok), Some(status));
         self.done = true;
     }
+
+    /// An answer that does not settle it (a server error).
+    fn unsettled(mut self, status: u16) {
+        self.journal.outcome(self.seq, None, Some(status));
+        self.done = true;
+    }
 }
 
 impl Drop for OutcomeGuard {
@@ -418,7 +424,17 @@ impl Proxy {
             }
         };
         if let Some(route) = classify(&parts.method, parts.uri.path()) {
-            return self.write(parts, body, route).await;
+            // In a task of its own: a client that hangs up must not cancel
+            // a write between its journal line and the upstream's answer
+            // (the outcome would stay unknown, or never be recorded).
+            let me = self.clone();
+            return match tokio::spawn(async move { me.write(parts, body, route).await }).await {
+                Ok(result) => relay(result),
+                Err(e) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("lanceferry mirror: the write failed inside the mirror: {e}"),
+                ),
+            };
         }
         if let Some(c) = collection_changed(&parts.method, parts.uri.path()) {
             self.forget_names(&c);
@@ -451,10 +467,15 @@ impl Proxy {
 
     /// A write: journaled (when its collection is mirrored), forwarded,
     /// marked with the answer.
-    async fn write(&self, parts: Parts, body: Bytes, route: WriteRoute) -> Response<ProxyBody> {
+    async fn write(
+        &self,
+        parts: Parts,
+        body: Bytes,
+        route: WriteRoute,
+    ) -> Result<reqwest::Response, String> {
         let name = match self.lookup(&parts, &route).await {
             Lookup::Mirrored(n) => n,
-            Lookup::Other => return relay(self.forward(&parts, body).await),
+            Lookup::Other => return self.forward(&parts, body).await,
             Lookup::Unknown(why) => {
                 // Possibly a mirrored collection: a write the upstream
                 // takes is one LanceDB may miss, and said so.
@@ -466,7 +487,7 @@ impl Proxy {
                         route.collection_id
                     );
                 }
-                return relay(result);
+                return result;
             }
         };
         inc(&self.stats.writes);
@@ -518,6 +539,11 @@ impl Proxy {
                 }
                 crate::failpoint::hit("mirror:answered");
                 match guard {
+                    // A server error (or a gateway's 502/504) does not say
+                    // the write was not applied, nor that it is finished:
+                    // the outcome stays unknown, and the ids are read
+                    // after the grace.
+                    Some(g) if status.is_server_error() => g.unsettled(status.as_u16()),
                     Some(g) => g.answered(status.is_success(), status.as_u16()),
                     // A write the upstream refused changed nothing: lost
                     // nothing either.
@@ -529,7 +555,7 @@ impl Proxy {
             (Err(_), Some(_)) => {}
             (Err(_), None) => self.dropped(&name, &route, unjournaled),
         }
-        relay(result)
+        result
     }
 
     fn dropped(&self, name: &str, route: &WriteRoute, why: Option<String>) {
@@ -599,7 +625,11 @@ impl Proxy {
             .cloned();
         let name = match cached {
             Some(n) => n,
-            None => match self.list(&parts.headers, route.api).await {
+            // Not known: ask the upstream for the ids of the mirrored
+            // collections by name (a handful of requests, never a listing
+            // that a concurrent delete could shift). A miss is not cached:
+            // a mirrored collection created later is found then.
+            None => match self.mirrored_ids(&parts.headers, route.api).await {
                 Ok(all) => {
                     let mut names = self
                         .names
@@ -608,10 +638,7 @@ impl Proxy {
                     for (id, name) in all {
                         names.insert(id, Some(name));
                     }
-                    names
-                        .entry(route.collection_id.clone())
-                        .or_insert(None)
-                        .clone()
+                    names.get(&route.collection_id).cloned().flatten()
                 }
                 Err(why) => return Lookup::Unknown(why),
             },
@@ -635,34 +662,36 @@ impl Proxy {
         }
     }
 
-    /// `(id, name)` of every collection of the plan's tenant and database,
-    /// asked with the client's credentials.
-    async fn list(&self, headers: &HeaderMap, api: Api) -> Result<Vec<(String, String)>, String> {
-        const PAGE: usize = 100;
+    /// `(id, name)` of the mirrored collections that exist upstream, each
+    /// asked by name with the client's credentials.
+    async fn mirrored_ids(
+        &self,
+        headers: &HeaderMap,
+        api: Api,
+    ) -> Result<Vec<(String, String)>, String> {
         let mut out = Vec::new();
-        let mut offset = 0;
-        loop {
-            let mut url = format!("{}?limit={PAGE}&offset={offset}", self.collections_url(api));
-            if api == Api::V1 {
-                url.push_str(&format!(
-                    "&tenant={}&database={}",
+        for name in &self.mirrored {
+            let url = format!("{}/{}", self.collections_url(api), percent_encode(name));
+            let url = match api {
+                Api::V1 => format!(
+                    "{url}?tenant={}&database={}",
                     percent_encode(&self.tenant),
                     percent_encode(&self.database)
-                ));
-            }
-            let page: Vec<Value> = self.call(Method::GET, url, headers, None).await?;
-            let n = page.len();
-            offset += n;
-            for c in page {
-                let field = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
-                if let (Some(id), Some(name)) = (field("id"), field("name")) {
-                    out.push((id, name));
+                ),
+                Api::V2 => url,
+            };
+            match self.call::<Value>(Method::GET, url, headers, None).await {
+                Ok(c) => {
+                    if let Some(id) = c.get("id").and_then(Value::as_str) {
+                        out.push((id.to_string(), name.clone()));
+                    }
                 }
-            }
-            if n < PAGE {
-                return Ok(out);
+                // Not there (yet): a write to it cannot be ours.
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
             }
         }
+        Ok(out)
     }
 
     /// The ids a delete by filter selects now (its `ids`, `where` and
@@ -729,6 +758,12 @@ impl Proxy {
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("unexpected answer: {e}"))
     }
+}
+
+/// An answer that says the collection does not exist (404 on 1.x; 0.x
+/// servers answer 400 or 500 with "does not exist").
+fn is_not_found(e: &str) -> bool {
+    e.starts_with("HTTP 404") || e.contains("does not exist") || e.contains("NotFound")
 }
 
 /// A client error without its URL (which the caller names, redacted).

@@ -42,6 +42,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often a table is checked for small fragments to compact.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
+/// How often the writer counts ready entries while a window gathers.
+const RECOUNT: Duration = Duration::from_millis(20);
+/// The longest one batch (read back, merge, delete) may take.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Consecutive failures of one collection after which `--drain` gives up.
 const DRAIN_TRIES: u32 = 6;
 
@@ -85,12 +89,26 @@ pub enum WriteError {
         #[source]
         source: lancedb::Error,
     },
+    #[error(
+        "an apply or rollback of the plan is writing the tables (it holds the plan's write gate); the journal keeps the changes\nhint: nothing to do: the mirror writes them, read again from the upstream, as soon as it ends"
+    )]
+    ApplyRunning,
+    #[error(
+        "writing {ids} id(s) of collection `{collection}` to LanceDB took more than {seconds} s; the journal keeps the changes\nhint: check that the target answers (`lanceferry plan` reads it); the mirror retries with backoff"
+    )]
+    TimedOut {
+        collection: String,
+        ids: usize,
+        seconds: u64,
+    },
     #[error(transparent)]
     Source(Box<SourceError>),
     #[error(transparent)]
     Target(Box<TargetError>),
     #[error(transparent)]
     Transform(Box<TransformError>),
+    #[error(transparent)]
+    State(Box<crate::state::StateError>),
 }
 
 impl From<SourceError> for WriteError {
@@ -168,6 +186,8 @@ impl Drained {
 
 pub struct Writer {
     plan_file: String,
+    /// The plan's state, whose write gate each batch holds.
+    store: crate::state::StateStore,
     collections: HashMap<String, Collection>,
     source: ChromaHttp,
     target: LanceTarget,
@@ -192,6 +212,7 @@ impl Writer {
     ) -> Self {
         Writer {
             plan_file: plan.file.display().to_string(),
+            store: crate::state::StateStore::for_plan(plan),
             collections: plan
                 .collections
                 .iter()
@@ -243,7 +264,12 @@ impl Writer {
             let deadline = tokio::time::Instant::now() + self.opts.window;
             while self.ready_ids() < self.opts.max_ids {
                 tokio::select! {
-                    _ = self.journal.ready().notified() => {}
+                    _ = self.journal.ready().notified() => {
+                        // Counting walks the journal under its lock, which
+                        // the proxy needs for every write: at most every
+                        // RECOUNT, however fast outcomes arrive.
+                        tokio::time::sleep(RECOUNT.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+                    }
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = stop.changed() => break,
                 }
@@ -335,7 +361,32 @@ impl Writer {
         };
         let ids = batch.ids();
         let started = Instant::now();
-        match self.apply(&c, &ids).await {
+        // Never while an apply or rollback writes the tables: it may be
+        // writing a state read before these writes; they wait, and are
+        // read again from the upstream once it ends.
+        let store = self.store.clone();
+        let gate = tokio::task::spawn_blocking(move || store.try_gate())
+            .await
+            .expect("trying the gate does not panic");
+        let result = match gate {
+            Ok(Some(gate)) => {
+                // A hung call (a stalled object store) must not stall the
+                // other collections, nor shutdown, forever.
+                let r = match tokio::time::timeout(BATCH_TIMEOUT, self.apply(&c, &ids)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(WriteError::TimedOut {
+                        collection: c.source.clone(),
+                        ids: ids.len(),
+                        seconds: BATCH_TIMEOUT.as_secs(),
+                    }),
+                };
+                drop(gate);
+                r
+            }
+            Ok(None) => Err(WriteError::ApplyRunning),
+            Err(e) => Err(WriteError::State(Box::new(e))),
+        };
+        match result {
             Ok(a) => {
                 // Counted (and the waiting reason cleared) before the
                 // entries leave the journal, so a reader that sees
@@ -377,7 +428,10 @@ impl Writer {
             Err(e) => {
                 // The table may have been re-created meanwhile.
                 self.dims.remove(&c.table);
-                inc(&self.stats.failed);
+                // Waiting for an apply is not a failure.
+                if !matches!(e, WriteError::ApplyRunning) {
+                    inc(&self.stats.failed);
+                }
                 let b = self.backoff.entry(c.source.clone()).or_insert(Backoff {
                     failures: 0,
                     until: Instant::now(),

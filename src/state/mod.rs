@@ -72,6 +72,10 @@ pub enum StateError {
         recorded: String,
         target: String,
     },
+    #[error(
+        "plan `{plan}`: its tables are being written by `lanceferry mirror` for more than {seconds} s\nhint: check `lanceferry mirror status` for that plan (a batch may be stuck on the target); stop the mirror, or run again"
+    )]
+    GateBusy { plan: String, seconds: u64 },
     #[error("plan `{plan}` on target `{target}` is locked by {}\nhint: wait for it to finish (`--lock-timeout SECONDS` waits longer); the lock is released when that process ends, however it ends", holder.as_ref().map(|h| format!("apply `{}` (pid {} on `{}`, since {})", h.apply_id, h.pid, h.host, h.started)).unwrap_or_else(|| "another lanceferry process".into()))]
     Locked {
         plan: String,
@@ -246,6 +250,8 @@ pub struct LockHolder {
 #[derive(Debug)]
 pub struct Lock {
     file: std::fs::File,
+    /// The plan's write gate, held with the lock (see [`StateStore::try_gate`]).
+    _gate: std::fs::File,
     pub holder: LockHolder,
     /// The holder found in the file when the lock was taken: a process
     /// that ended without releasing it.
@@ -284,6 +290,9 @@ fn read_holder(file: &mut std::fs::File) -> Option<LockHolder> {
     file.read_to_string(&mut text).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// How long an apply waits for a mirror's batch to release the write gate.
+const GATE_WAIT: Duration = Duration::from_secs(60);
 
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -514,8 +523,35 @@ impl StateStore {
             .map_err(io(&path))
     }
 
-    /// Takes the lock, waiting up to `timeout` for another holder. Blocks:
-    /// call it from a blocking thread in async code.
+    fn open_gate_file(&self) -> Result<std::fs::File, StateError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join("write.gate");
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))
+    }
+
+    /// The plan's write gate, if free right now (never waits): held by
+    /// whoever writes the plan's tables, an apply or a rollback for its
+    /// whole run (with [`StateStore::lock`]) and `lanceferry mirror`'s
+    /// writer for one batch, so that neither overwrites the other with a
+    /// state it read earlier. Released when the returned file is dropped.
+    pub fn try_gate(&self) -> Result<Option<std::fs::File>, StateError> {
+        let file = self.open_gate_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&self.dir.join("write.gate"))(e)),
+        }
+    }
+
+    /// Takes the lock, waiting up to `timeout` for another holder, then
+    /// the write gate (waiting up to a minute for a mirror's batch to
+    /// end). Blocks: call it from a blocking thread in async code.
     pub fn lock(&self, timeout: Duration) -> Result<Lock, StateError> {
         let mut file = self.open_lock_file()?;
         let path = self.lock_path();
@@ -536,6 +572,25 @@ impl StateStore {
                 Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
             }
         }
+        let gate = self.open_gate_file()?;
+        let gate_deadline = Instant::now() + GATE_WAIT;
+        loop {
+            match gate.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= gate_deadline {
+                        return Err(StateError::GateBusy {
+                            plan: self.plan.clone(),
+                            seconds: GATE_WAIT.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(io(&self.dir.join("write.gate"))(e));
+                }
+            }
+        }
         let crashed = read_holder(&mut file);
         if let Some(c) = &crashed {
             tracing::warn!(
@@ -554,6 +609,7 @@ impl StateStore {
         write_holder(&mut file, Some(&holder)).map_err(io(&path))?;
         Ok(Lock {
             file,
+            _gate: gate,
             holder,
             crashed,
         })

@@ -114,6 +114,8 @@ impl LanceTarget {
             // here anyway, say so rather than "invalid input".
             let hint = if source.to_string().contains("No object store provider") {
                 "this build of lanceferry writes to local directories and s3:// only (LanceDB's other object-store features are not compiled in); use a local path, or a mounted bucket"
+            } else if target.uri.contains("://") {
+                "check that the object store answers at the endpoint (`storage_options.aws_endpoint`, or the provider's default), that the bucket exists, and the credentials (`storage_options`, or the provider's environment variables such as AWS_ACCESS_KEY_ID); nothing was written"
             } else {
                 "check `target.lancedb.uri` (a directory such as `./lancedb`) and its permissions"
             };

@@ -17,6 +17,7 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
 pub mod server;
 pub mod truth;
 
@@ -98,22 +99,28 @@ fn build_once(root: &Path, dir: &Path, make: impl FnOnce(&Path)) {
 
 /// The venv for a chromadb version, created if absent.
 pub fn venv(version: &str) -> PathBuf {
+    venv_named(&format!("chroma-{version}"))
+}
+
+/// A venv of `scripts/setup-python.sh` by name (`chroma-1.5.9`, `moto`),
+/// created if absent; a test that needs it fails if it cannot be made.
+pub fn venv_named(name: &str) -> PathBuf {
     let root = home_cache("LANCEFERRY_VENVS", "lanceferry-venvs");
-    let dir = root.join(format!("chroma-{version}"));
+    let dir = root.join(name);
     if !dir.join(".ready").exists() {
         let status = Command::new("bash")
             .arg(repo().join("scripts/setup-python.sh"))
-            .arg(format!("chroma-{version}"))
+            .arg(name)
             .status()
             .expect("run scripts/setup-python.sh");
         assert!(
             status.success(),
-            "scripts/setup-python.sh failed: the tests need real chromadb"
+            "scripts/setup-python.sh {name} failed: the tests need it (real chromadb, or moto's S3 endpoint)"
         );
     }
     assert!(
         dir.join(".ready").exists(),
-        "no venv for chromadb {version} at {}",
+        "no venv `{name}` at {}",
         dir.display()
     );
     dir
