@@ -13,6 +13,9 @@
 //! - `sync-deleted:<table>` / `sync-digests:<table>`: in a sync, right
 //!   after the ids gone from the source were deleted, and right after the
 //!   new digests were saved (before the step's record says done);
+//! - `shard:<K>@<rows>`: in a sharded apply's worker for shard K, right
+//!   after the batch that brings one table's rows written to `rows` was
+//!   handed to Lance's (uncommitted) writer;
 //! - `panic:<step key>`: that step panics as it starts (instead of a kill),
 //!   to prove a panic fails its step only.
 //!

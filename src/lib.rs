@@ -15,6 +15,7 @@ pub mod graph;
 pub mod hash;
 pub mod mirror;
 pub mod plan;
+pub mod shard;
 pub mod source;
 pub mod state;
 pub mod target;

@@ -9,6 +9,7 @@ mod data;
 mod mirror;
 mod output;
 mod progress;
+mod sharded;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -123,6 +124,37 @@ enum Command {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Sharded apply, 1 of 3: create the tables empty and record run RUN (counts, shard boundaries) beside the target (docs/scale-out.md).
+        #[arg(
+            long,
+            value_name = "RUN",
+            requires = "shards",
+            conflicts_with_all = ["shard", "run", "commit", "allow_duplicates"]
+        )]
+        prepare: Option<String>,
+        /// With --prepare: how many shards each collection is cut into.
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "prepare",
+            value_parser = clap::value_parser!(u32).range(1..=100_000)
+        )]
+        shards: Option<u32>,
+        /// Sharded apply, 2 of 3: write shard K of N (K from 0) of every collection as uncommitted Lance files, and report them to run --run.
+        #[arg(
+            long,
+            value_name = "K/N",
+            requires = "run",
+            conflicts_with_all = ["commit", "allow_duplicates"],
+            value_parser = sharded::parse_shard
+        )]
+        shard: Option<sharded::ShardSpec>,
+        /// The prepared run a --shard belongs to.
+        #[arg(long, value_name = "RUN", requires = "shard")]
+        run: Option<String>,
+        /// Sharded apply, 3 of 3: once every shard reported, commit run RUN (one transaction per table), build the indexes, validate.
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["allow_duplicates"])]
+        commit: Option<String>,
     },
     /// Undo an apply: restore changed tables to their recorded version, drop created ones.
     Rollback {
@@ -548,7 +580,23 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             lock_timeout,
             allow_duplicates,
             json,
+            prepare,
+            shards,
+            shard,
+            run,
+            commit,
         } => {
+            // The sharded apply (docs/scale-out.md): its own three commands.
+            if let Some(mode) = sharded::Mode::from_flags(prepare, *shards, shard, run, commit) {
+                if crate::diff::saved::read(plan)?.is_some() {
+                    anyhow::bail!(
+                        "`{}` is a saved plan; --prepare, --shard and --commit take the plan file itself\nhint: run them with the plan the saved one was made from",
+                        plan.display()
+                    );
+                }
+                let plan = load(plan, &cli.global, out)?;
+                return sharded::run(mode, plan, *auto_approve, *json, out, stdout);
+            }
             // A saved plan (`plan --out`) is applied as reviewed, without a
             // question, and only to what it was made against.
             if let Some(saved) = crate::diff::saved::read(plan)? {

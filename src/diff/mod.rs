@@ -1027,6 +1027,18 @@ fn checks(c: &Collection, count: u64, skips: bool) -> Vec<String> {
         out.push(format!("{} of {what} equal", fields.join(" and ")));
     }
     out.push(format!("vector cosine ≥ {} for {what}", v.min_cosine));
+    if let Some(s) = &v.search {
+        out.push(match s.min_recall {
+            Some(r) => format!(
+                "search recall@{} ≥ {r} on {} seeded queries",
+                s.k, s.queries
+            ),
+            None => format!(
+                "search recall@{} on {} seeded queries (reported)",
+                s.k, s.queries
+            ),
+        });
+    }
     out
 }
 

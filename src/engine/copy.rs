@@ -111,6 +111,13 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         (Mode::Sync, 0, Some(_)) => Some(Vec::with_capacity(info.count as usize)),
         _ => None,
     };
+    // Other modes: the ids of a whole copy, kept for validation's id-set
+    // check, which then need not read the source's ids a second time (a
+    // server answers an ids-only pass about as slowly as the copy itself).
+    let mut copied_ids: Option<Vec<String>> = match (c.mode, written, id_col) {
+        (Mode::Sync, _, _) | (_, 1.., _) | (_, _, None) => None,
+        _ => Some(Vec::with_capacity(info.count as usize)),
+    };
     ctx.update(&step, |r| {
         r.source_count = Some(info.count);
         r.cursor = written;
@@ -190,6 +197,14 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
             if let (Some(d), Some(id)) = (source_digests.as_mut(), id_col) {
                 d.extend(crate::digest::row_digests(&b, id));
             }
+            if let (Some(ids), Some(id)) = (copied_ids.as_mut(), id_col) {
+                ids.extend(
+                    crate::target::string_values(b.column(id).as_ref())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|v| v.unwrap_or_default().to_string()),
+                );
+            }
             let t = Instant::now();
             let sent = tx.send(b).await;
             sending += t.elapsed();
@@ -259,6 +274,13 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
         committing.as_secs_f64()
     );
     let skipped = pull.skipped_ids.len() as u64;
+    if let Some(mut ids) = copied_ids.take() {
+        ids.extend(pull.skipped_ids.iter().cloned());
+        ctx.copied_ids
+            .lock()
+            .expect("copied ids lock")
+            .insert(table.to_string(), ids);
+    }
     ctx.skipped
         .lock()
         .expect("skipped lock")
@@ -266,6 +288,11 @@ pub(crate) async fn copy(ctx: &Arc<Ctx>, c: &Collection) -> Result<(), StepError
     ctx.progress.finish(table);
     let final_info = ctx.source.collection(&c.source).await?;
     if final_info.count != info.count {
+        // What was copied is not the source now: validation reads it.
+        ctx.copied_ids
+            .lock()
+            .expect("copied ids lock")
+            .remove(table);
         ctx.warn(format!(
             "collection `{}` changed during the copy ({} records at the start, {} at the end); re-run apply when writes have stopped",
             c.source, info.count, final_info.count

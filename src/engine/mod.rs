@@ -177,6 +177,9 @@ pub(crate) struct Ctx {
     /// Sync differences found while deciding whether there is anything to
     /// do, per table: the sync writes them without reading the source again.
     pub sync_diffs: std::sync::Mutex<HashMap<String, sync::Diff>>,
+    /// Every source id a whole copy read, per table (not `sync`): the
+    /// validate step's id-set check uses them instead of reading them again.
+    pub copied_ids: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Ctx {
@@ -350,6 +353,7 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
         warnings: std::sync::Mutex::new(Vec::new()),
         skipped: std::sync::Mutex::new(HashMap::new()),
         sync_diffs: std::sync::Mutex::new(sync_diffs),
+        copied_ids: std::sync::Mutex::new(HashMap::new()),
     });
 
     let (done, failed, not_started) = walk(&ctx, &graph, opts.fail_fast).await?;
@@ -731,14 +735,27 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     if c.mode == crate::plan::Mode::Sync
         && c.validate.sample == crate::plan::SampleSize::All
         && let Some(now) = current
-        && let Some(breaches) =
+        && let Some(mut breaches) =
             sync::validate_by_digests(&ctx.target, c, &ctx.store.dir, now).await?
     {
+        let search =
+            crate::verify::search::for_collection(ctx.source.as_ref(), &ctx.target, c).await?;
+        // Shown in full when it fails (the breach alone leaves out the
+        // worst decile and Chroma's recall); otherwise in the message.
+        if let Some(s) = search.as_ref().filter(|s| !s.ok()) {
+            ctx.progress
+                .message(&format!("validate `{table}`: {}", s.render()));
+        }
+        breaches.extend(search.iter().filter_map(|s| s.breach.clone()));
         let message = if breaches.is_empty() {
-            format!(
+            let base = format!(
                 "{} rows; count and id set match the source, and every row equals its source record (digests: all values, bit for bit)",
                 now.rows
-            )
+            );
+            match &search {
+                Some(s) => format!("{base}; {}", s.render()),
+                None => base,
+            }
         } else {
             breaches.join("; ")
         };
@@ -761,8 +778,20 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     }
     let snap = ctx.record(&StepKey::snapshot(table)).await;
     let others = crate::verify::Others::for_mode(c.mode, snap.version_before);
-    let r = crate::verify::verify_collection(ctx.source.as_ref(), &ctx.target, c, &skipped, others)
-        .await?;
+    let copied = ctx
+        .copied_ids
+        .lock()
+        .expect("copied ids lock")
+        .remove(table);
+    let r = crate::verify::verify_collection_with(
+        ctx.source.as_ref(),
+        &ctx.target,
+        c,
+        &skipped,
+        others,
+        copied,
+    )
+    .await?;
     let values = &r.values;
     if let Some(s) = &values.cosine {
         ctx.progress.message(&format!(
@@ -775,13 +804,25 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     }
     let mut v = r.ids.clone();
     v.breaches.extend(values.breaches.iter().cloned());
+    // Shown in full when it fails (the breach alone leaves out the worst
+    // decile and Chroma's recall); otherwise in the message.
+    if let Some(s) = r.search.as_ref().filter(|s| !s.ok()) {
+        ctx.progress
+            .message(&format!("validate `{table}`: {}", s.render()));
+    }
+    v.breaches
+        .extend(r.search.iter().filter_map(|s| s.breach.clone()));
     let rows = v.target_count;
     let message = if v.ok() {
-        match values.compared {
+        let base = match values.compared {
             0 => format!("{rows} rows; count and id set match the source"),
             n => format!(
                 "{rows} rows; count and id set match the source, and the values of {n} records compared"
             ),
+        };
+        match &r.search {
+            Some(s) => format!("{base}; {}", s.render()),
+            None => base,
         }
     } else {
         v.breaches.join("; ")

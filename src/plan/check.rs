@@ -757,6 +757,42 @@ fn check_validate(
     v.ids = vs.ids.unwrap_or(true);
     v.content = vs.content.unwrap_or(true);
     v.metadata = vs.metadata.unwrap_or(true);
+    // A collection without a vector index may be searched too: LanceDB
+    // then searches by brute force, and the check measures that path.
+    if let Some(s) = &vs.search {
+        let sp = format!("{p}/search");
+        // The schema refuses 0 already; the rule is the model's, stated here.
+        for (key, value) in [
+            ("queries", s.queries),
+            ("k", s.k),
+            ("nprobes", s.nprobes),
+            ("refine_factor", s.refine_factor),
+        ] {
+            if value == Some(0) {
+                errs.push(loc.diag(
+                    loc.value(&format!("{sp}/{key}")),
+                    format!("{ctx}: `validate.search.{key}` must be at least 1"),
+                    "write a positive number, or leave the key out for the default",
+                ));
+            }
+        }
+        if let Some(r) = s.min_recall
+            && !(r > 0.0 && r <= 1.0)
+        {
+            errs.push(loc.diag(
+                loc.value(&format!("{sp}/min_recall")),
+                format!("{ctx}: `min_recall: {r}` is outside (0, 1]"),
+                "use the share of the exact nearest neighbours LanceDB must find, such as 0.95; leave it out to report the recall without failing",
+            ));
+        }
+        v.search = Some(SearchCheck {
+            queries: s.queries.unwrap_or(DEFAULT_SEARCH_QUERIES),
+            k: s.k.unwrap_or(DEFAULT_SEARCH_K),
+            min_recall: s.min_recall,
+            nprobes: s.nprobes,
+            refine_factor: s.refine_factor,
+        });
+    }
     v
 }
 

@@ -19,6 +19,8 @@ pub const DEFAULT_CONCURRENCY: u32 = 2;
 pub const DEFAULT_CHECKPOINT_ROWS: u64 = 100_000;
 pub const DEFAULT_BACKUP_KEEP: u32 = 5;
 pub const DEFAULT_MIN_COSINE: f64 = 0.99;
+pub const DEFAULT_SEARCH_QUERIES: u32 = 100;
+pub const DEFAULT_SEARCH_K: u32 = 10;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_TENANT: &str = "default_tenant";
 pub const DEFAULT_DATABASE: &str = "default_database";
@@ -381,6 +383,25 @@ pub struct Validate {
     pub ids: bool,
     pub content: bool,
     pub metadata: bool,
+    /// `validate.search`; `None`: not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchCheck>,
+}
+
+/// `validate.search`: recall@k of LanceDB's vector search against an
+/// exact search in the source's distance space (see `verify::search`).
+/// Not part of the fingerprint: it decides nothing the tables hold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SearchCheck {
+    /// Records used as queries (a seeded sample, by `validate.seed`).
+    pub queries: u32,
+    /// Neighbours compared per query.
+    pub k: u32,
+    /// Lowest mean recall@k allowed; `None`: reported only.
+    pub min_recall: Option<f64>,
+    /// LanceDB query settings; `None`: LanceDB's own.
+    pub nprobes: Option<u32>,
+    pub refine_factor: Option<u32>,
 }
 
 impl Default for Validate {
@@ -393,6 +414,7 @@ impl Default for Validate {
             ids: true,
             content: true,
             metadata: true,
+            search: None,
         }
     }
 }
@@ -469,6 +491,10 @@ mod fingerprint_tests {
             ),
             ("", "    batch_size: 9\n"),
             ("", "    validate: { sample: 10, min_cosine: 0.5 }\n"),
+            (
+                "",
+                "    validate: { search: { queries: 7, k: 3, min_recall: 0.5, nprobes: 9 } }\n",
+            ),
             ("backup: { dir: ./b }\n", ""),
             ("state: { path: ./elsewhere }\n", ""),
         ] {

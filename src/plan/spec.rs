@@ -385,6 +385,35 @@ pub struct ValidateSpec {
     /// Compare metadata-derived columns (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<bool>,
+    /// Search quality: recall@k of LanceDB's vector search (through the index, with these query settings) against an exact search in the source's distance space, on a seeded sample of the records' own vectors (default: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSpec>,
+}
+
+/// The search-quality check: each query is a record's own vector; its exact `k` nearest rows (brute force, in the source collection's distance space) are compared with LanceDB's answer.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpec {
+    /// Records used as queries, chosen by a seeded hash of their ids (`validate.seed`) (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub queries: Option<u32>,
+    /// Nearest neighbours compared per query: recall@k (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub k: Option<u32>,
+    /// Lowest mean recall@k allowed, in (0, 1]; below it validation fails and names the settings that would reach it (default: none, the recall is only reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_recall: Option<f64>,
+    /// IVF partitions LanceDB searches per query, as the application will query (default: LanceDB's own choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub nprobes: Option<u32>,
+    /// Re-rank `k × refine_factor` candidates by their exact distance (default: none, quantized distances only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub refine_factor: Option<u32>,
 }
 
 /// How many records the value checks compare.

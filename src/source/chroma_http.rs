@@ -4,8 +4,8 @@
 //! hard-codes "1.0.0" there): `/api/v2/heartbeat` answers on 0.5.16+ and
 //! 1.x, otherwise `/api/v1/heartbeat` (0.4.x and early 0.5). Pages are sized
 //! by the server's `max_batch_size` pre-flight answer when it gives one, and
-//! read by offset in insertion order; the next page is fetched while the
-//! previous one is being written, two pages at most in flight.
+//! read by offset in insertion order, three pages asked at once (the count,
+//! known beforehand, tells which) and handed on in order.
 //!
 //! Every request is read-only and so safe to repeat: connection errors,
 //! timeouts, 429 and 502/503/504 (and 500s that are not "not found") are
@@ -34,6 +34,13 @@ use tokio::sync::OnceCell;
 use super::record::{MetaValue, Metadata, SourceBatch};
 use super::{CollectionInfo, Source, SourceError};
 use crate::plan::{Secret, TokenHeader};
+
+/// Pages of a read asked of the server at once, handed on in order.
+const PAGES_IN_FLIGHT: usize = 3;
+
+/// Query vectors sent in one `query` request (fewer if the server's
+/// `max_batch_size` says so).
+const QUERIES_PER_REQUEST: usize = 100;
 
 /// How a failed request is repeated.
 #[derive(Debug, Clone, Copy)]
@@ -729,19 +736,28 @@ impl Inner {
         include: Include,
         tx: &tokio::sync::mpsc::Sender<Result<SourceBatch, SourceError>>,
     ) -> Result<(), SourceError> {
+        use futures::StreamExt;
         let (api, info) = self.lookup(name).await?;
         let page = self.page_size(api, batch_size);
-        let mut offset: u64 = 0;
-        loop {
-            let batch = self
-                .get_page(
+        // The count is known, so are the pages: PAGES_IN_FLIGHT of them are
+        // asked at once (the server answers them on its own threads while
+        // we parse), and handed on in order. One page past the count is
+        // asked too: a collection that grew is then seen to have.
+        let pages = info.count.div_ceil(page as u64) + 1;
+        let mut answers = futures::stream::iter(0..pages)
+            .map(|k| {
+                self.get_page(
                     api,
                     &info.id,
                     name,
-                    json!({"limit": page, "offset": offset}),
+                    json!({"limit": page, "offset": k * page as u64}),
                     include,
                 )
-                .await?;
+            })
+            .buffered(PAGES_IN_FLIGHT);
+        let mut offset: u64 = 0;
+        while let Some(batch) = answers.next().await {
+            let batch = batch?;
             let n = batch.len();
             offset += n as u64;
             if n > 0 && tx.send(Ok(batch)).await.is_err() {
@@ -751,6 +767,7 @@ impl Inner {
                 break;
             }
         }
+        drop(answers);
         let after = self.count(api, &info.id, name).await?;
         if after != info.count || offset != info.count {
             return Err(SourceError::ChangedDuringRead {
@@ -762,6 +779,51 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Chroma's own answer to vector queries (`POST …/collections/{id}/query`,
+    /// the same body in v1 and v2): for each vector, the ids of its `k`
+    /// nearest records, nearest first. Only `distances` is asked to be
+    /// included (every version accepts it; the ids always come).
+    async fn query(
+        &self,
+        name: &str,
+        vectors: &[Vec<f32>],
+        k: usize,
+    ) -> Result<Vec<Vec<String>>, SourceError> {
+        #[derive(Deserialize)]
+        struct QueryResponse {
+            ids: Vec<Vec<String>>,
+        }
+        let (api, info) = self.lookup(name).await?;
+        let what = format!("querying collection `{name}`");
+        let mut out = Vec::with_capacity(vectors.len());
+        for part in vectors.chunks(self.page_size(api, QUERIES_PER_REQUEST)) {
+            let body = json!({
+                "query_embeddings": part,
+                "n_results": k,
+                "include": ["distances"],
+            });
+            let resp: QueryResponse = self
+                .call(
+                    Method::POST,
+                    self.collections_url(api, &[info.id.as_str(), "query"], &[]),
+                    Some(&body),
+                    &what,
+                )
+                .await?;
+            if resp.ids.len() != part.len() {
+                return Err(SourceError::Server {
+                    url: self.shown.clone(),
+                    what: what.clone(),
+                    status: None,
+                    message: format!("{} queries but {} answers", part.len(), resp.ids.len()),
+                    hint: "the server's answer is inconsistent; check the server's log".into(),
+                });
+            }
+            out.extend(resp.ids);
+        }
+        Ok(out)
     }
 
     async fn get(&self, name: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
@@ -818,6 +880,15 @@ impl Source for ChromaHttp {
 
     async fn get(&self, collection: &str, ids: &[String]) -> Result<SourceBatch, SourceError> {
         self.inner.get(collection, ids).await
+    }
+
+    async fn query_ids(
+        &self,
+        collection: &str,
+        vectors: &[Vec<f32>],
+        k: usize,
+    ) -> Result<Option<Vec<Vec<String>>>, SourceError> {
+        self.inner.query(collection, vectors, k).await.map(Some)
     }
 }
 

@@ -226,6 +226,20 @@ pub trait Source: Send + Sync {
     async fn sequences(&self, _collection: &str) -> Result<Option<Sequences>, SourceError> {
         Ok(None)
     }
+
+    /// The source's own nearest-neighbour search, where it has one (a
+    /// Chroma server's query endpoint: its index, its distance space): for
+    /// each vector, the ids of its `k` nearest records, nearest first.
+    /// `None` where the source cannot be asked (a directory read without
+    /// Chroma, JSON Lines): `validate.search` then reports LanceDB alone.
+    async fn query_ids(
+        &self,
+        _collection: &str,
+        _vectors: &[Vec<f32>],
+        _k: usize,
+    ) -> Result<Option<Vec<Vec<String>>>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// Write sequence numbers of a collection's records: every write to a

@@ -4,8 +4,10 @@
 //! It streams the source and the table and compares them by id: the count
 //! rule, the id set (listing the first missing and extra ids), and
 //! duplicates, holding ids only, never vectors. [`values`] then compares
-//! values (content, metadata, cosine of vectors) in bounded memory.
+//! values (content, metadata, cosine of vectors) in bounded memory, and
+//! [`search`] (`validate.search`) measures LanceDB's search recall.
 
+pub mod search;
 pub mod values;
 
 use std::collections::{HashMap, HashSet};
@@ -25,8 +27,9 @@ const EXAMPLES: usize = 10;
 pub enum VerifyError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// Boxed: a target error is large, and this type is every check's error.
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(Box<TargetError>),
     #[error(
         "table `{table}` has column `{column}` of type `{found}`, where this plan writes `{expected}`\nhint: the table was not made by this plan (or its mapping changed): choose another `table:`, or `mode: replace` to rewrite it"
     )]
@@ -44,6 +47,12 @@ pub enum VerifyError {
         #[source]
         source: lancedb::Error,
     },
+}
+
+impl From<TargetError> for VerifyError {
+    fn from(e: TargetError) -> Self {
+        VerifyError::Target(Box::new(e))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +152,18 @@ pub async fn verify_ids(
     skipped_ids: &HashSet<String>,
     others: Others,
 ) -> Result<Verification, VerifyError> {
+    verify_ids_with(source, target, c, skipped_ids, others, None).await
+}
+
+/// [`verify_ids`], with the source's ids given (`None`: read them).
+async fn verify_ids_with(
+    source: &dyn Source,
+    target: &LanceTarget,
+    c: &Collection,
+    skipped_ids: &HashSet<String>,
+    others: Others,
+    source_ids: Option<Vec<String>>,
+) -> Result<Verification, VerifyError> {
     let id_col = c
         .id_column()
         .expect("a checked plan has an id column")
@@ -152,12 +173,20 @@ pub async fn verify_ids(
     // source id to copy, then every id the table holds.
     let mut known: HashMap<String, Seen> = HashMap::new();
     let mut source_count = 0u64;
-    let mut stream = source.read_ids(&c.source, c.batch_size as usize);
-    while let Some(batch) = stream.try_next().await? {
+    let mut add = |batch: Vec<String>| {
         source_count += batch.len() as u64;
         for id in batch {
             if !skipped_ids.contains(&id) {
                 known.entry(id).or_default().source = true;
+            }
+        }
+    };
+    match source_ids {
+        Some(ids) => add(ids),
+        None => {
+            let mut stream = source.read_ids(&c.source, c.batch_size as usize);
+            while let Some(batch) = stream.try_next().await? {
+                add(batch);
             }
         }
     }
@@ -300,11 +329,16 @@ pub struct CollectionVerification {
     pub collection: String,
     pub ids: Verification,
     pub values: values::ValueCheck,
+    /// `validate.search`, when the plan asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<search::SearchReport>,
 }
 
 impl CollectionVerification {
     pub fn ok(&self) -> bool {
-        self.ids.ok() && self.values.breaches.is_empty()
+        self.ids.ok()
+            && self.values.breaches.is_empty()
+            && self.search.as_ref().is_none_or(|s| s.ok())
     }
 }
 
@@ -319,18 +353,40 @@ pub async fn verify_collection(
     skipped: &HashSet<String>,
     others: Others,
 ) -> Result<CollectionVerification, VerifyError> {
+    verify_collection_with(source, target, c, skipped, others, None).await
+}
+
+/// [`verify_collection`], with the source's ids already read (by apply's
+/// copy, which read every record): the id-set check does not read them
+/// from the source again.
+pub async fn verify_collection_with(
+    source: &dyn Source,
+    target: &LanceTarget,
+    c: &Collection,
+    skipped: &HashSet<String>,
+    others: Others,
+    source_ids: Option<Vec<String>>,
+) -> Result<CollectionVerification, VerifyError> {
     let dim = match c.vector_column().dim {
         Some(d) => d as usize,
         None => source.collection(&c.source).await?.dimension.unwrap_or(0) as usize,
     };
     check_schema(target, c, dim).await?;
-    let ids = verify_ids(source, target, c, skipped, others).await?;
+    let ids = verify_ids_with(source, target, c, skipped, others, source_ids).await?;
     let expected = ids.source_count - ids.expected_skipped;
     let values = values::verify_values(source, target, c, dim, expected, skipped).await?;
+    // Last: the table's vectors, used as queries, are then known to be
+    // the source's.
+    let search = if ids.target_count > 0 {
+        search::for_collection(source, target, c).await?
+    } else {
+        None
+    };
     Ok(CollectionVerification {
         collection: c.source.clone(),
         ids,
         values,
+        search,
     })
 }
 
@@ -466,7 +522,17 @@ pub fn render(results: &[CollectionVerification]) -> String {
             ));
         }
         s.push('\n');
-        for b in r.ids.breaches.iter().chain(&r.values.breaches) {
+        if let Some(search) = &r.search {
+            s.push_str(&format!("  {}\n", search.render()));
+        }
+        let search_breach = r.search.as_ref().and_then(|s| s.breach.as_ref());
+        for b in r
+            .ids
+            .breaches
+            .iter()
+            .chain(&r.values.breaches)
+            .chain(search_breach)
+        {
             s.push_str(&format!("  breach: {b}\n"));
         }
         for e in &r.values.examples {
