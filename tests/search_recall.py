@@ -8,7 +8,8 @@ Reads one JSON object on stdin:
    "metric": "l2"|"cosine"|"dot", "k", "nprobes": int|null,
    "refine_factor": int|null, "ids": [query ids]}
 and prints {"mean", "worst_decile", "top1_self"} with lanceferry's
-definitions: recall = |answers ∩ exact| / |exact|, exact ties broken by id;
+definitions: recall = |answers ∩ exact| / |exact|, both the k nearest other
+than the query itself (each side is asked for k + 1), exact ties broken by id;
 the worst decile is the mean of the lowest ceil(n/10) recalls; top-1 counts
 queries whose first answer (by distance, LanceDB's order among equals) is
 the query itself. Distances are Chroma's: l2 squared euclidean, cosine
@@ -45,16 +46,16 @@ def main():
             with np.errstate(divide="ignore", invalid="ignore"):
                 d = np.where((norms == 0) | (qn == 0), 1.0, 1.0 - (v64 @ q) / (norms * qn))
         order = np.lexsort((ids, d))  # by distance, then id
-        return set(ids[order[:k]].tolist())
+        return ids[order[: k + 1]].tolist()
 
     recalls, self_first = [], 0
     for qid in p["ids"]:
         q32 = v32[row[qid]]
-        truth = exact(q32.astype(np.float64))
+        truth = set([i for i in exact(q32.astype(np.float64)) if i != qid][:k])
         s = (
             t.search(q32, vector_column_name=p["vector_column"])
             .distance_type(p["metric"])
-            .limit(k)
+            .limit(k + 1)
             .select([p["id_column"]])
         )
         if p.get("nprobes") is not None:
@@ -65,7 +66,8 @@ def main():
         got = res.column(p["id_column"]).to_pylist()
         dist = res.column("_distance").to_pylist()
         got = [g for _, g in sorted(zip(dist, got), key=lambda x: x[0])]  # stable
-        recalls.append(len(truth & set(got[:k])) / len(truth) if truth else 1.0)
+        others = [g for g in got if g != qid][:k]
+        recalls.append(len(truth & set(others)) / len(truth) if truth else 1.0)
         if got and got[0] == qid:
             self_first += 1
     r = np.sort(np.array(recalls))

@@ -131,13 +131,30 @@ pub async fn commit(
         // check, and so that no chosen file is ever removed).
         let mut chosen_files: Vec<(u32, Vec<String>)> = Vec::new();
         let (mut rows, mut skipped) = (0u64, 0u64);
+        let latest = super::open_dataset(&plan.target, &c.table, None)
+            .await
+            .map_err(at.lance(
+                "opening the table",
+                "the table is created by --prepare; check `target.lancedb.uri`, its credentials, and that nobody dropped it",
+            ))?;
+        let earlier = super::committed_at(&latest, m.start_version, run)
+            .await
+            .map_err(at.lance(
+                "reading the table's transactions since the run was prepared",
+                "retry; if a version was cleaned up meanwhile, the run cannot be checked: look at the table before committing again",
+            ))?;
         for (k, a) in &chosen {
-            let t = a.table(&c.table).ok_or_else(|| {
-                at.internal(format!(
+            // A shard re-run after this table was committed (another table
+            // of the run was not) reports only the tables still to commit.
+            let Some(t) = a.table(&c.table) else {
+                if earlier.is_some() {
+                    continue;
+                }
+                return Err(at.internal(format!(
                     "attempt `{}` of shard {k} has no table `{}`",
                     a.attempt, c.table
-                ))
-            })?;
+                )));
+            };
             rows += t.rows;
             skipped += t.skipped;
             shard_rows.push(ShardRows {
@@ -156,18 +173,6 @@ pub async fn commit(
             }));
         }
 
-        let latest = super::open_dataset(&plan.target, &c.table, None)
-            .await
-            .map_err(at.lance(
-                "opening the table",
-                "the table is created by --prepare; check `target.lancedb.uri`, its credentials, and that nobody dropped it",
-            ))?;
-        let earlier = super::committed_at(&latest, m.start_version, run)
-            .await
-            .map_err(at.lance(
-                "reading the table's transactions since the run was prepared",
-                "retry; if a version was cleaned up meanwhile, the run cannot be checked: look at the table before committing again",
-            ))?;
         let (committed_version, committed_now, files_removed) = match earlier {
             Some(v) => {
                 progress.message(&format!(
@@ -225,21 +230,32 @@ pub async fn commit(
                     // Lance 14's CommitBuilder keeps its own transaction
                     // properties but does not write them: they go on the
                     // transaction itself.
+                    // A strict overwrite of the empty table the run was
+                    // prepared on, with no retry: Lance writes version
+                    // start+1 or fails if it exists. So of two coordinators
+                    // committing at once exactly one succeeds (an append
+                    // would be rebased over the other's and double the
+                    // table), and nothing written since prepare is lost.
+                    let schema = latest.schema().clone();
                     let transaction = TransactionBuilder::new(
                         m.start_version,
-                        Operation::Append {
+                        Operation::Overwrite {
                             fragments: std::mem::take(&mut fragments),
+                            schema,
+                            config_upsert_values: None,
+                            initial_bases: None,
                         },
                     )
                     .transaction_properties(Some(Arc::new(properties)))
                     .build();
                     let done = CommitBuilder::new(Arc::new(latest))
+                        .with_max_retries(0)
                         .execute(transaction)
                         .await
                         .map_err(at.lance(
                             "committing the shards",
                             format!(
-                                "run `lanceferry apply PLAN --commit {run}` again: it first looks for this run among the table's transactions, so it never commits twice"
+                                "another commit may have won (two coordinators, or a write since --prepare): run `lanceferry apply PLAN --commit {run}` again; it first looks for this run among the table's transactions, so it never commits twice, and says if someone else wrote the table"
                             ),
                         ))?;
                     let version = done.manifest.version;
@@ -378,6 +394,8 @@ pub async fn commit(
         }
         let mut breaches = r.ids.breaches.clone();
         breaches.extend(r.values.breaches.iter().cloned());
+        // `validate.search`: its breach fails the commit like the others.
+        breaches.extend(r.search.iter().filter_map(|s| s.breach.clone()));
         let rows = r.ids.target_count;
         t.validation = if breaches.is_empty() {
             match r.values.compared {
@@ -389,6 +407,9 @@ pub async fn commit(
         } else {
             breaches.join("; ")
         };
+        if let Some(s) = &r.search {
+            t.validation.push_str(&format!("; {}", s.render()));
+        }
         progress.message(&format!("validate `{}`: {}", c.table, t.validation));
         ok &= breaches.is_empty();
         t.breaches = breaches;

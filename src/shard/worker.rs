@@ -95,6 +95,7 @@ pub async fn shard(
     let source = crate::source::open(&plan.source).map_err(|e| here.source(e))?;
     let started_at = Utc::now();
     let mut tables = Vec::with_capacity(plan.collections.len());
+    let mut committed = Vec::new();
     for c in &plan.collections {
         let at = At::new(run, format!("{step}, table `{}`", c.table));
         let m = manifest.collection(&c.table).ok_or_else(|| {
@@ -114,11 +115,10 @@ pub async fn shard(
             .await
             .map_err(at.lance("reading the table's transactions", "retry"))?
         {
-            return Err(ShardError::Committed {
-                run: run.to_string(),
-                at: at.at.clone(),
-                version,
-            });
+            // Committed already: this shard need not (and must not) write
+            // it again; refused only if every table of the run is.
+            committed.push((at, version));
+            continue;
         }
         drop(latest);
         let info = source
@@ -144,6 +144,15 @@ pub async fn shard(
             )
             .await?,
         );
+    }
+    if tables.is_empty()
+        && let Some((at, version)) = committed.into_iter().next()
+    {
+        return Err(ShardError::Committed {
+            run: run.to_string(),
+            at: at.at.clone(),
+            version,
+        });
     }
     let mut attempt = Attempt {
         format: FORMAT,

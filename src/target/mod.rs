@@ -584,6 +584,35 @@ impl LanceTarget {
         Ok(true)
     }
 
+    /// The distance the table's vector index on `column` was built with
+    /// (LanceDB's index statistics), if it has one that says.
+    pub async fn index_distance(
+        &self,
+        name: &str,
+        column: &str,
+    ) -> Result<Option<lancedb::DistanceType>, TargetError> {
+        let Some(t) = self.open(name).await? else {
+            return Ok(None);
+        };
+        let indexes = t
+            .list_indices()
+            .await
+            .map_err(self.err(format!("listing indexes of `{name}`"), "retry"))?;
+        for i in indexes
+            .iter()
+            .filter(|i| i.columns.iter().any(|c| c == column))
+        {
+            let stats = t.index_stats(&i.name).await.map_err(self.err(
+                format!("reading the statistics of index `{}` of `{name}`", i.name),
+                "retry",
+            ))?;
+            if let Some(d) = stats.and_then(|s| s.distance_type) {
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
+    }
+
     /// The kind of the table's index on `column` (LanceDB's name,
     /// `IVF_PQ`, `BTREE`, ...), if it has one.
     pub async fn index_kind(

@@ -237,6 +237,15 @@ struct Recall {
     top1_self: f64,
 }
 
+/// The first `k` ids other than `query`.
+fn others_than<'a>(v: &'a [String], query: &str, k: usize) -> HashSet<&'a str> {
+    v.iter()
+        .map(String::as_str)
+        .filter(|id| *id != query)
+        .take(k)
+        .collect()
+}
+
 /// Compares answers (nearest first) with the exact neighbours of each query.
 fn recall(query_ids: &[&str], exact: &[Vec<String>], got: &[Vec<String>], k: usize) -> Recall {
     let n = query_ids.len();
@@ -250,10 +259,13 @@ fn recall(query_ids: &[&str], exact: &[Vec<String>], got: &[Vec<String>], k: usi
     let mut per: Vec<f64> = Vec::with_capacity(n);
     let mut self_first = 0usize;
     for (i, qid) in query_ids.iter().enumerate() {
-        let truth: HashSet<&str> = exact[i].iter().map(String::as_str).collect();
-        let answers: HashSet<&str> = got
+        // The query is a row of the table: both sides find it, and
+        // counting it would add up to 1/k to every recall. Both are asked
+        // for k + 1 and the query's own id is left out of each.
+        let truth = others_than(&exact[i], qid, k);
+        let answers = got
             .get(i)
-            .map(|g| g.iter().take(k).map(String::as_str).collect())
+            .map(|g| others_than(g, qid, k))
             .unwrap_or_default();
         per.push(if truth.is_empty() {
             1.0
@@ -766,7 +778,7 @@ async fn tune(
                 continue;
             }
             let got = ann_top_k(table, scan, queries, distance, s).await?;
-            let m = recall(&qids, exact, &got, scan.k).mean;
+            let m = recall(&qids, exact, &got, scan.k - 1).mean;
             if best.is_none_or(|(_, b)| m > b) {
                 best = Some((s, m));
             }
@@ -800,7 +812,19 @@ pub async fn search_quality(
         .iter()
         .find(|i| i.kind.is_vector() && i.column == vec_col);
     let metric = index.map_or(Metric::Auto, |i| i.metric);
-    let (distance, metric_name) = lance_metric(metric, space);
+    let (mut distance, mut metric_name) = lance_metric(metric, space);
+    // An index answers only queries in its own metric (another falls back
+    // to brute force, silently): query with the metric it was built with,
+    // which may not be the plan's (changed since, or built elsewhere).
+    if let Some(built) = target.index_distance(&c.table, &vec_col).await? {
+        distance = built;
+        metric_name = match built {
+            DistanceType::L2 => "l2",
+            DistanceType::Cosine => "cosine",
+            DistanceType::Dot => "dot",
+            _ => "hamming",
+        };
+    }
     let (_, space_metric) = lance_metric(Metric::Auto, space);
     let planned = Setting {
         nprobes: check.nprobes,
@@ -831,12 +855,13 @@ pub async fn search_quality(
     let Some(table) = target.open(&c.table).await? else {
         return Ok(report);
     };
+    // k + 1: each query finds itself, which recall leaves out.
     let scan = Arc::new(Scan {
         table: c.table.clone(),
         id_col,
         vec_col,
         space,
-        k,
+        k: k + 1,
     });
 
     let ids = sample_ids(target, &table, c, &scan.id_col, check.queries as usize).await?;
@@ -853,7 +878,7 @@ pub async fn search_quality(
     // holds exactly the collection's records (else the exact neighbours
     // over the table are not the collection's).
     let vectors: Vec<Vec<f32>> = queries.iter().map(|q| q.vector.clone()).collect();
-    match source.query_ids(&c.source, &vectors, k).await {
+    match source.query_ids(&c.source, &vectors, k + 1).await {
         Ok(None) => {}
         Ok(Some(answers)) => {
             let count = source.collection(&c.source).await?.count;
@@ -953,10 +978,12 @@ mod tests {
         let qids: Vec<&str> = q.iter().map(String::as_str).collect();
         let exact: Vec<Vec<String>> = q.iter().map(|id| vec![id.clone(), "x".into()]).collect();
         let mut got = exact.clone();
-        got[0] = ids(&["y", "q0"]); // half found, itself not first
+        got[0] = ids(&["y", "q0"]); // itself found, not first; `x` missed
         got[1] = ids(&["y", "z"]); // none found
-        let r = recall(&qids, &exact, &got, 2);
-        assert!((r.mean - 8.5 / 10.0).abs() < 1e-12);
+        got[2] = ids(&["q2", "w"]); // only itself: no credit for it
+        // k = 1: the nearest other than the query itself.
+        let r = recall(&qids, &exact, &got, 1);
+        assert!((r.mean - 7.0 / 10.0).abs() < 1e-12, "{}", r.mean);
         assert_eq!(r.worst_decile, 0.0); // the lowest tenth: one query
         assert!((r.top1_self - 0.8).abs() < 1e-12);
     }
