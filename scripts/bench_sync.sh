@@ -10,8 +10,9 @@
 #      edited, 300 records added, 300 deleted), then `plan` and `apply`;
 #   4. the digest store's size per record, here and (unless SKIP_BIG=1) at
 #      1,000,000 x 128.
-# The plan is plans/canvas.yaml's mapping in `mode: sync` with `sample: all`,
-# without indexes (their build is measured by scripts/bench.sh) or backup.
+# The plan is plans/canvas.yaml's mapping in `mode: sync` with `sample: all`
+# (VALIDATE='{ sample: 100 }' for a sampled check), without indexes (their
+# build is measured by scripts/bench.sh) or backup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lanceferry-target}"
@@ -61,7 +62,7 @@ collections:
       - { name: canvas_file, from: metadata.canvas_file, type: string }
       - { name: node_id, from: metadata.node_id, type: string }
       - { name: metadata_json, from: metadata, type: json }
-    validate: { sample: all, min_cosine: 0.99, count: exact, ids: true, content: true, metadata: true }
+    validate: ${VALIDATE:-{ sample: all, min_cosine: 0.99, count: exact, ids: true, content: true, metadata: true \}}
 YAML
 }
 
@@ -76,7 +77,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; commit $
 cp -r "$DATA" "$OUT/chroma"
 plan "$OUT/chroma" 1536 "$OUT/sync.yaml"
 measure "first apply (full copy, every record checked)" "$BIN" apply "$OUT/sync.yaml" --auto-approve
-grep -o 'validate `[^`]*`: [^;]*' "$OUT/last.err" | head -1 || true
+grep -o 'validate `[^`]*`: .*' "$OUT/last.err" | head -1 || true
 store_size
 measure "plan, nothing changed" "$BIN" plan "$OUT/sync.yaml"
 measure "apply, nothing changed" "$BIN" apply "$OUT/sync.yaml" --auto-approve
@@ -98,7 +99,8 @@ PYEOF
 measure "plan, 1 % changed" "$BIN" plan "$OUT/sync.yaml"
 grep -o 'sync`: [^)]*)' "$OUT/last.out" | head -1 || true
 measure "apply, 1 % changed (every record checked)" "$BIN" apply "$OUT/sync.yaml" --auto-approve
-grep -o 'sync: [^\n]*' "$OUT/last.err" | head -1 || true
+grep -o 'copy `[^`]*`: sync: .*' "$OUT/last.err" | head -1 || true
+grep -o 'validate `[^`]*`: .*' "$OUT/last.err" | head -1 || true
 measure "plan, nothing changed since" "$BIN" plan "$OUT/sync.yaml"
 
 if [ "${SKIP_BIG:-0}" != 1 ]; then
