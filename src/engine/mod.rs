@@ -177,8 +177,9 @@ pub(crate) struct Ctx {
     /// Sync differences found while deciding whether there is anything to
     /// do, per table: the sync writes them without reading the source again.
     pub sync_diffs: std::sync::Mutex<HashMap<String, sync::Diff>>,
-    /// Every source id a whole copy read, per table (not `sync`): the
-    /// validate step's id-set check uses them instead of reading them again.
+    /// Every source id a whole copy read, per table (a sync: the ids read
+    /// with Chroma's sequence numbers): the validate step's id-set check
+    /// uses them instead of reading them again.
     pub copied_ids: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 

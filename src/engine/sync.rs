@@ -161,6 +161,9 @@ pub struct Diff {
     /// Found by sequence numbers: only the records written since the
     /// last sync were read.
     pub by_sequence: bool,
+    /// The changed rows, transformed, when the decision fetched them (the
+    /// fast path): written as they are, not fetched again.
+    pub rows: Option<Vec<RecordBatch>>,
 }
 
 /// Reads the source once, digests it, and compares (read-only).
@@ -218,6 +221,7 @@ pub async fn diff(
         skipped,
         sequences,
         by_sequence: false,
+        rows: None,
     })
 }
 
@@ -275,16 +279,33 @@ async fn by_sequence(
     let mut pairs = keep;
     let mut changed_ids = Vec::new();
     let mut skipped = HashSet::new();
+    // The changed rows themselves are kept (a fraction of the collection
+    // by construction), so the write need not fetch them again.
+    let mut rows = Vec::new();
     for chunk in look.chunks(1000) {
         let b = source.get(&c.source, chunk).await?;
         let t = transformer.transform(b)?;
         skipped.extend(t.skipped.into_iter().map(|s| s.id));
         let digests = digest::row_digests(&t.batch, id);
         let ids = crate::target::string_values(t.batch.column(id).as_ref()).unwrap_or_default();
+        let mut keep = Vec::with_capacity(digests.len());
         for ((h, d), rid) in digests.iter().zip(ids) {
-            if old.get(*h) != Some(*d) {
+            let changed = old.get(*h) != Some(*d);
+            if changed {
                 changed_ids.push(rid.unwrap_or_default().to_string());
             }
+            keep.push(changed);
+        }
+        if keep.iter().any(|k| *k) {
+            let mask = arrow_array::BooleanArray::from(keep);
+            rows.push(
+                arrow::compute::filter_record_batch(&t.batch, &mask).map_err(|e| {
+                    StepError::Internal {
+                        what: format!("the sync of `{}`", c.table),
+                        reason: e.to_string(),
+                    }
+                })?,
+            );
         }
         pairs.extend(digests);
     }
@@ -292,6 +313,7 @@ async fn by_sequence(
     let new = Digests::new(0, pairs);
     let (changes, _) = digest::compare(old, &new);
     Ok(Some(Diff {
+        rows: Some(rows),
         changes,
         derived: false,
         version: old.version,
@@ -376,6 +398,47 @@ async fn write_diff(
     let checkpoint = ctx.plan.checkpoint_rows.max(1) as usize;
     let mut written = 0u64;
     let mut commits = Vec::new();
+    if let Some(rows) = &d.rows {
+        // Fetched by the decision, digested there (`d.new` has their
+        // digests): merged in commits of `checkpoint_rows`.
+        let mut groups: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+        let mut n = 0usize;
+        for b in rows {
+            let mut at = 0;
+            while at < b.num_rows() {
+                if n == checkpoint {
+                    groups.push(Vec::new());
+                    n = 0;
+                }
+                let take = (checkpoint - n).min(b.num_rows() - at);
+                groups
+                    .last_mut()
+                    .expect("one group")
+                    .push(b.slice(at, take));
+                n += take;
+                at += take;
+            }
+        }
+        for buf in groups.into_iter().filter(|g| !g.is_empty()) {
+            let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
+            let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
+            commits.push(rows);
+            written += rows;
+            ctx.progress.advance(table, rows);
+            ctx.update(&step, |r| {
+                r.rows = written;
+                r.cursor = written;
+                r.version_after = Some(v);
+            })
+            .await?;
+            crate::failpoint::hit_rows("checkpoint", table, written);
+        }
+        let mut out = Digests::new(0, d.new.pairs.clone());
+        if let Some(s) = &d.sequences {
+            out.attach_seqs(s);
+        }
+        return Ok((out, commits));
+    }
     for group in d.changed_ids.chunks(checkpoint) {
         let mut buf = Vec::new();
         for chunk in group.chunks(1000) {
@@ -444,6 +507,15 @@ pub(crate) async fn sync(
             commits,
             by_sequence: d.by_sequence,
         };
+        // Every source id was read with the sequence numbers, before the
+        // records the sync wrote: validation's id-set check uses them
+        // rather than reading the ids again.
+        if let Some(seqs) = &d.sequences {
+            ctx.copied_ids.lock().expect("copied ids lock").insert(
+                table.to_string(),
+                seqs.records.iter().map(|(id, _)| id.clone()).collect(),
+            );
+        }
         return finish(ctx, c, d.old, new, done, d.skipped, now).await;
     }
     let (old, derived) = recorded_or_derived(&ctx.target, c, &ctx.store.dir, now).await?;
