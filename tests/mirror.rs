@@ -591,3 +591,22 @@ fn applies_while_the_mirror_serves_leave_the_table_equal() {
     assert_eq!(n(&s, "dropped"), 0, "{s:#}");
     verify_ok(&p, &mirror.log());
 }
+
+/// The journal's bound is the plan's `mirror.journal_max_mb` (the flag
+/// overrides it).
+#[test]
+fn the_journal_bound_comes_from_the_plan() {
+    let upstream = ChromaServer::start(CHROMA);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = plan(d, &upstream);
+    let t = std::fs::read_to_string(&p).unwrap().replace(
+        "collections:",
+        "mirror: { journal_max_mb: 3 }\ncollections:",
+    );
+    std::fs::write(&p, t).unwrap();
+    apply_ok(&p);
+    let mirror = Mirror::start(&p, free_port(), &d.join("mirror.log"));
+    let s = mirror.wait_for("the stats", Duration::from_secs(30), |_| true);
+    assert_eq!(n(&s, "journal_max_bytes"), 3 << 20, "{s:#}");
+}

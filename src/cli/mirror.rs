@@ -30,9 +30,9 @@ pub struct MirrorArgs {
     /// The Chroma server to forward to (default: the plan's `source.chroma.url`).
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// The journal's size limit in MiB; when full, writes are forwarded unjournaled (stats: `dropped`).
-    #[arg(long, value_name = "MB", default_value_t = mirror::DEFAULT_JOURNAL_MAX_MB)]
-    journal_max_mb: u64,
+    /// The journal's size limit in MiB (default: the plan's `mirror.journal_max_mb`, else 256); when full, writes are forwarded unjournaled (stats: `dropped`).
+    #[arg(long, value_name = "MB")]
+    journal_max_mb: Option<u64>,
     /// Apply what the journal holds to LanceDB and exit, without serving.
     #[arg(long)]
     drain: bool,
@@ -56,10 +56,17 @@ enum MirrorCommand {
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// The journal limit the mirror was started with, in MiB (for the report only).
-        #[arg(long, value_name = "MB", default_value_t = mirror::DEFAULT_JOURNAL_MAX_MB)]
-        journal_max_mb: u64,
+        /// The journal limit the mirror was started with, in MiB (for the report only; default: the plan's).
+        #[arg(long, value_name = "MB")]
+        journal_max_mb: Option<u64>,
     },
+}
+
+/// The journal's limit: the flag, else the plan's `mirror.journal_max_mb`,
+/// else the default.
+fn journal_limit(flag: Option<u64>, plan: &crate::plan::Plan) -> u64 {
+    flag.or(plan.mirror_journal_max_mb)
+        .unwrap_or(mirror::DEFAULT_JOURNAL_MAX_MB)
 }
 
 impl MirrorArgs {
@@ -83,7 +90,8 @@ pub(super) fn run(
     }) = &args.command
     {
         let plan = load(plan, global, out)?;
-        let status = runtime()?.block_on(mirror::status(&plan, *journal_max_mb))?;
+        let max = journal_limit(*journal_max_mb, &plan);
+        let status = runtime()?.block_on(mirror::status(&plan, max))?;
         return Ok(match status {
             Status::Running(stats) => {
                 if *json {
@@ -146,7 +154,7 @@ pub(super) fn run(
     let opts = MirrorOptions {
         listen: args.listen.clone(),
         upstream: args.upstream.clone(),
-        journal_max_mb: args.journal_max_mb,
+        journal_max_mb: journal_limit(args.journal_max_mb, &plan),
         batch_window: Duration::from_millis(args.batch_window_ms),
         batch_max_ids: args.batch_max_ids,
         in_flight_grace: Duration::from_secs(args.in_flight_grace),

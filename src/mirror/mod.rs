@@ -166,8 +166,8 @@ pub struct MirrorOptions {
     pub listen: String,
     /// The upstream Chroma, when not the plan's `source.chroma.url`.
     pub upstream: Option<String>,
-    /// The journal's size limit. Meant to become `mirror: { journal_max_mb }`
-    /// in the plan; a command-line flag until the plan language has it.
+    /// The journal's size limit (`--journal-max-mb`, else the plan's
+    /// `mirror: { journal_max_mb }`, else the default).
     pub journal_max_mb: u64,
     pub batch_window: Duration,
     pub batch_max_ids: usize,

@@ -333,6 +333,7 @@ pub fn check(spec: PlanSpec, loc: &Locator, raw: &Node) -> Result<Plan, Vec<Diag
                 .unwrap_or(DEFAULT_STATE_DIR),
         ),
         backup,
+        mirror_journal_max_mb: spec.mirror.as_ref().and_then(|m| m.journal_max_mb),
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         checkpoint_rows: defaults.checkpoint_rows.unwrap_or(DEFAULT_CHECKPOINT_ROWS),
         collections,

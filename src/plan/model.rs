@@ -34,6 +34,8 @@ pub struct Plan {
     pub target: Target,
     pub state_dir: PathBuf,
     pub backup: Option<Backup>,
+    /// `mirror.journal_max_mb`, if the plan sets it.
+    pub mirror_journal_max_mb: Option<u64>,
     pub concurrency: u32,
     pub checkpoint_rows: u64,
     pub collections: Vec<Collection>,

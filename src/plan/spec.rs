@@ -31,6 +31,9 @@ pub struct PlanSpec {
     /// Back up the source before any copy (only for a Chroma `path` source; an HTTP source is exported as JSON Lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// Settings of `lanceferry mirror` for this plan (the dual-write proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
     /// Settings that apply to every collection unless it overrides them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<DefaultsSpec>,
@@ -149,6 +152,16 @@ pub struct BackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub keep: Option<u32>,
+}
+
+/// `lanceferry mirror`'s settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// The journal's size limit in MiB (default 256): when full, writes are forwarded without a journal entry (counted as `dropped`) until it drains; `--journal-max-mb` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub journal_max_mb: Option<u64>,
 }
 
 /// Settings shared by all collections.
