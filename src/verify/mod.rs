@@ -162,7 +162,7 @@ async fn verify_ids_with(
     c: &Collection,
     skipped_ids: &HashSet<String>,
     others: Others,
-    source_ids: Option<Vec<String>>,
+    source_ids: Option<&[String]>,
 ) -> Result<Verification, VerifyError> {
     let id_col = c
         .id_column()
@@ -182,7 +182,7 @@ async fn verify_ids_with(
         }
     };
     match source_ids {
-        Some(ids) => add(ids),
+        Some(ids) => add(ids.to_vec()),
         None => {
             let mut stream = source.read_ids(&c.source, c.batch_size as usize);
             while let Some(batch) = stream.try_next().await? {
@@ -372,9 +372,18 @@ pub async fn verify_collection_with(
         None => source.collection(&c.source).await?.dimension.unwrap_or(0) as usize,
     };
     check_schema(target, c, dim).await?;
-    let ids = verify_ids_with(source, target, c, skipped, others, source_ids).await?;
+    let ids = verify_ids_with(source, target, c, skipped, others, source_ids.as_deref()).await?;
     let expected = ids.source_count - ids.expected_skipped;
-    let values = values::verify_values(source, target, c, dim, expected, skipped).await?;
+    let values = values::verify_values(
+        source,
+        target,
+        c,
+        dim,
+        expected,
+        skipped,
+        source_ids.as_deref(),
+    )
+    .await?;
     // Last: the table's vectors, used as queries, are then known to be
     // the source's.
     let search = if ids.target_count > 0 {

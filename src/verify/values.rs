@@ -259,26 +259,35 @@ impl<'a> Layout<'a> {
 /// The `n` ids with the smallest seeded hash: an exact-size sample that is
 /// the same on every run with the same seed, whatever order the source
 /// yields its records in. Records the plan skips are never sampled.
+/// `known`: the source's ids when the caller has them already (apply's
+/// copy read them), so they are not read again.
 async fn sample_ids(
     source: &dyn Source,
     c: &Collection,
     n: usize,
     skipped: &HashSet<String>,
+    known: Option<&[String]>,
 ) -> Result<HashSet<String>, VerifyError> {
     let seed = c.validate.seed;
     let mut heap: BinaryHeap<(u64, String)> = BinaryHeap::with_capacity(n + 1);
-    let mut stream = source.read_ids(&c.source, c.batch_size as usize);
-    while let Some(ids) = stream.try_next().await? {
-        for id in ids {
-            if skipped.contains(&id) {
-                continue;
-            }
-            let h = hash64(seed, 0, &id);
-            if heap.len() < n {
-                heap.push((h, id));
-            } else if heap.peek().is_some_and(|(top, _)| h < *top) {
-                heap.pop();
-                heap.push((h, id));
+    let mut offer = |id: &str| {
+        if skipped.contains(id) {
+            return;
+        }
+        let h = hash64(seed, 0, id);
+        if heap.len() < n {
+            heap.push((h, id.to_string()));
+        } else if heap.peek().is_some_and(|(top, _)| h < *top) {
+            heap.pop();
+            heap.push((h, id.to_string()));
+        }
+    };
+    match known {
+        Some(ids) => ids.iter().for_each(|id| offer(id)),
+        None => {
+            let mut stream = source.read_ids(&c.source, c.batch_size as usize);
+            while let Some(ids) = stream.try_next().await? {
+                ids.iter().for_each(|id| offer(id));
             }
         }
     }
@@ -387,6 +396,7 @@ pub async fn verify_values(
     dim: usize,
     expected_count: u64,
     skipped: &HashSet<String>,
+    known_ids: Option<&[String]>,
 ) -> Result<ValueCheck, VerifyError> {
     let v = &c.validate;
     let transformer = Transformer::new(c, dim);
@@ -407,7 +417,7 @@ pub async fn verify_values(
     };
     let sample = match v.sample {
         SampleSize::Records(n) if n < expected_count => {
-            Some(sample_ids(source, c, n as usize, skipped).await?)
+            Some(sample_ids(source, c, n as usize, skipped, known_ids).await?)
         }
         _ => None,
     };
