@@ -373,6 +373,33 @@ pub async fn changes(
     Ok((d.changes, d.derived))
 }
 
+/// One merge commit of `buf` on the id column, recorded as the copy
+/// step's checkpoint; `written` and `commits` count it.
+async fn merge(
+    ctx: &Arc<Ctx>,
+    table: &str,
+    schema: &arrow_schema::SchemaRef,
+    key: &str,
+    buf: Vec<RecordBatch>,
+    written: &mut u64,
+    commits: &mut Vec<u64>,
+) -> Result<(), StepError> {
+    let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
+    let v = ctx.target.upsert(table, schema.clone(), buf, key).await?;
+    commits.push(rows);
+    *written += rows;
+    ctx.progress.advance(table, rows);
+    let done = *written;
+    ctx.update(&StepKey::copy(table), |r| {
+        r.rows = done;
+        r.cursor = done;
+        r.version_after = Some(v);
+    })
+    .await?;
+    crate::failpoint::hit_rows("checkpoint", table, done);
+    Ok(())
+}
+
 /// Writes a difference found by [`diff`]: the changed records fetched by
 /// id, merged in commits of `checkpoint_rows`. The source may have been
 /// written since the difference was found, so the digests of what was
@@ -388,7 +415,6 @@ async fn write_diff(
     let id = id_index(c);
     let mut new: std::collections::HashMap<u64, u64> = d.new.pairs.iter().copied().collect();
     let table = c.table.as_str();
-    let step = StepKey::copy(table);
     let schema = transformer.schema();
     let key = c
         .id_column()
@@ -420,18 +446,7 @@ async fn write_diff(
             }
         }
         for buf in groups.into_iter().filter(|g| !g.is_empty()) {
-            let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
-            let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
-            commits.push(rows);
-            written += rows;
-            ctx.progress.advance(table, rows);
-            ctx.update(&step, |r| {
-                r.rows = written;
-                r.cursor = written;
-                r.version_after = Some(v);
-            })
-            .await?;
-            crate::failpoint::hit_rows("checkpoint", table, written);
+            merge(ctx, table, &schema, &key, buf, &mut written, &mut commits).await?;
         }
         let mut out = Digests::new(0, d.new.pairs.clone());
         if let Some(s) = &d.sequences {
@@ -455,18 +470,7 @@ async fn write_diff(
             new.extend(fetched);
             buf.push(t.batch);
         }
-        let rows: u64 = buf.iter().map(|b| b.num_rows() as u64).sum();
-        let v = ctx.target.upsert(table, schema.clone(), buf, &key).await?;
-        commits.push(rows);
-        written += rows;
-        ctx.progress.advance(table, rows);
-        ctx.update(&step, |r| {
-            r.rows = written;
-            r.cursor = written;
-            r.version_after = Some(v);
-        })
-        .await?;
-        crate::failpoint::hit_rows("checkpoint", table, written);
+        merge(ctx, table, &schema, &key, buf, &mut written, &mut commits).await?;
     }
     let mut out = Digests::new(0, new.into_iter().collect());
     if let Some(s) = &d.sequences {
@@ -483,7 +487,6 @@ pub(crate) async fn sync(
     now: TableVersion,
 ) -> Result<Changes, StepError> {
     let table = c.table.as_str();
-    let step = StepKey::copy(table);
     // Apply already read the source to decide whether anything changed:
     // write that difference, fetching only the changed records again.
     let known = ctx
@@ -583,21 +586,9 @@ pub(crate) async fn sync(
             Some(_) => rows >= checkpoint || bytes >= MERGE_BUFFER_BYTES,
         };
         if flush {
-            let v = ctx
-                .target
-                .upsert(table, schema.clone(), std::mem::take(&mut buf), &key)
-                .await?;
-            commits.push(rows);
-            written += rows;
-            ctx.progress.advance(table, rows);
+            let b = std::mem::take(&mut buf);
+            merge(ctx, table, &schema, &key, b, &mut written, &mut commits).await?;
             (rows, bytes) = (0, 0);
-            ctx.update(&step, |r| {
-                r.rows = written;
-                r.cursor = written;
-                r.version_after = Some(v);
-            })
-            .await?;
-            crate::failpoint::hit_rows("checkpoint", table, written);
         }
         if next.is_none() {
             break;

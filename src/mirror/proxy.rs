@@ -460,7 +460,7 @@ impl Proxy {
             format!(
                 "lanceferry mirror: the upstream Chroma at `{}` did not answer: {}",
                 self.info.upstream,
-                describe(&e)
+                crate::source::chroma_http::describe_reqwest(&e)
             )
         })
     }
@@ -748,9 +748,15 @@ impl Proxy {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| describe(&e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| crate::source::chroma_http::describe_reqwest(&e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| describe(&e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| crate::source::chroma_http::describe_reqwest(&e))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             let preview: String = text.chars().take(200).collect();
@@ -764,29 +770,6 @@ impl Proxy {
 /// servers answer 400 or 500 with "does not exist").
 fn is_not_found(e: &str) -> bool {
     e.starts_with("HTTP 404") || e.contains("does not exist") || e.contains("NotFound")
-}
-
-/// A client error without its URL (which the caller names, redacted).
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "the connection failed".to_string()
-    };
-    let mut cause: Option<&dyn Error> = e.source();
-    let mut last = None;
-    while let Some(c) = cause {
-        last = Some(c.to_string());
-        cause = c.source();
-    }
-    if let Some(l) = last {
-        text.push_str(": ");
-        text.push_str(&l);
-    }
-    text
 }
 
 #[cfg(test)]

@@ -929,7 +929,8 @@ fn is_tls_failure(text: &str) -> bool {
     t.contains("certificate") || t.contains("tls") || t.contains("handshake")
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
+/// A client error without its URL (which the caller names, redacted).
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     use std::error::Error;
     let mut text = if e.is_timeout() {
         "timed out".to_string()
