@@ -7,6 +7,8 @@
 # loopback and measures, in one run, release build:
 #   - the floor: the same pages (1,000 records, ids + documents + metadata
 #     + embeddings) fetched with curl, one after another, to /dev/null;
+#   - the server's capacity: the same pages fetched by 3 and by 6 curls at
+#     once (xargs -P), to /dev/null: no client can read faster than this;
 #   - lanceferry's HTTP reader alone (examples/read_source --url);
 #   - chromadb's HttpClient paging with get() (scripts/bench_python_get.py);
 #   - `lanceferry apply` from the server (`mode: create`, `sample: 10`):
@@ -51,6 +53,12 @@ floor() {
       "$BASE/$ID/get"
   done
 }
+# The same pages, PAR requests at a time.
+parallel() {
+  seq 0 1000 99000 | xargs -P "$PAR" -I{} curl -sf -o /dev/null -H 'content-type: application/json' \
+    -d "{\"limit\":1000,\"offset\":{},\"include\":[\"documents\",\"metadatas\",\"embeddings\"]}" \
+    "$BASE/$ID/get"
+}
 cat > "$OUT/plan.yaml" <<YAML
 version: 1
 name: bench-http
@@ -67,6 +75,8 @@ YAML
 echo "machine: $(nproc) cores; commit $(git rev-parse --short HEAD); chroma run 1.5.9, 100,000 x 1536, pages of 1,000"
 floor   # warm the server once
 measure "floor: curl, the same 100 pages" bash -c "$(declare -f floor); BASE='$BASE' ID='$ID' floor"
+measure "capacity: curl, 3 pages at a time" bash -c "$(declare -f parallel); BASE='$BASE' ID='$ID' PAR=3 parallel"
+measure "capacity: curl, 6 pages at a time" bash -c "$(declare -f parallel); BASE='$BASE' ID='$ID' PAR=6 parallel"
 measure "lanceferry HTTP reader (read_source --url)" "$READ" --url "http://127.0.0.1:$PORT" canvas_explanations 1000
 measure "chromadb HttpClient get() pages" "$VENV/bin/python" scripts/bench_python_get.py --url "127.0.0.1:$PORT" canvas_explanations 1000
 measure "lanceferry apply (copy + validation)" "$BIN" apply "$OUT/plan.yaml" --auto-approve

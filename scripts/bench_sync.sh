@@ -9,7 +9,10 @@
 #   3. 1 % of the records changed with the real chromadb (400 documents
 #      edited, 300 records added, 300 deleted), then `plan` and `apply`;
 #   4. the digest store's size per record, here and (unless SKIP_BIG=1) at
-#      1,000,000 x 128.
+#      1,000,000 x 128;
+#   5. the first apply with `sample: all` against the Python pipeline
+#      (scripts/bench_python_pipeline.py: chromadb get() pages of 1,000 ->
+#      lancedb add, no validation), alternating, three runs each.
 # The plan is plans/canvas.yaml's mapping in `mode: sync` with `sample: all`
 # (VALIDATE='{ sample: 100 }' for a sampled check), without indexes (their
 # build is measured by scripts/bench.sh) or backup.
@@ -110,3 +113,12 @@ if [ "${SKIP_BIG:-0}" != 1 ]; then
   store_size
   measure "plan 1,000,000 x 128, nothing changed" "$BIN" plan "$OUT/big.yaml"
 fi
+
+rm -rf "$OUT/lancedb" "$OUT/state" "$OUT/chroma" "$OUT/pipeline"
+plan "$DATA" 1536 "$OUT/full.yaml"
+for run in 1 2 3; do
+  rm -rf "$OUT/lancedb" "$OUT/state" "$OUT/pipeline"; sync
+  measure "run $run: apply, sample: all (copy + every row checked)" "$BIN" apply "$OUT/full.yaml" --auto-approve
+  sync
+  measure "run $run: Python pipeline (get pages -> add)" "$PY" scripts/bench_python_pipeline.py "$DATA" "$OUT/pipeline" canvas_explanations 1000
+done

@@ -132,6 +132,71 @@ fn recall_agrees_with_an_independent_computation() {
 }
 
 #[test]
+fn the_default_index_is_chosen_shows_its_stages_and_agrees_with_python() {
+    // No `type`: `auto` chooses the vector index (IVF-SQ, from the
+    // measurements in docs/performance.md), built through Lance with its
+    // stages on stderr; Python `lancedb` searches the same index and finds
+    // the same recall.
+    let chroma = common::large_fixture(3000, 32);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = plan(
+        d,
+        &format!("{{ path: {} }}", chroma.display()),
+        LARGE,
+        "    mode: sync\n    indexes: [{ column: vector }, { column: id }]\n    validate: { sample: 100, search: { queries: 50, k: 10 } }\n",
+    );
+    let ps = p.to_str().unwrap();
+    let o = run(&["apply", ps, "--auto-approve"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("index: `auto` on `canvas_explanations.vector` built as `ivf_sq`"),
+        "auto says what it built: {t}"
+    );
+    assert!(
+        t.contains("index `canvas_explanations.vector`: train_ivf"),
+        "the build's stages are shown (plain lines off a terminal): {t}"
+    );
+    assert!(
+        t.contains("index: `btree` on `canvas_explanations.id` built"),
+        "auto on a string column is a B-tree: {t}"
+    );
+
+    let (s, code) = verify_search(ps);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["index"], "IVF_SQ", "{s}");
+    assert!(s["lance_queries_per_second"].as_f64().unwrap() > 0.0, "{s}");
+    let py = python_recall(&json!({
+        "uri": d.join("lancedb").display().to_string(),
+        "table": LARGE,
+        "id_column": "id",
+        "vector_column": "vector",
+        "space": "cosine",
+        "metric": "cosine",
+        "k": 10,
+        "nprobes": null,
+        "refine_factor": null,
+        "ids": s["query_ids"],
+    }));
+    for (ours, theirs) in [("recall_mean", "mean"), ("top1_self", "top1_self")] {
+        let (a, b) = (s[ours].as_f64().unwrap(), py[theirs].as_f64().unwrap());
+        assert!(
+            (a - b).abs() < 1e-9,
+            "{ours}: lanceferry {a}, numpy + Python lancedb {b}\n{s}\n{py}"
+        );
+    }
+    assert!(s["recall_mean"].as_f64().unwrap() > 0.8, "{s}");
+
+    // A re-apply keeps the index `auto` built: nothing changed, so nothing
+    // is rebuilt or retrained.
+    let o = run(&["apply", ps, "--auto-approve"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(!t.contains("built as"), "not rebuilt: {t}");
+}
+
+#[test]
 fn a_wrong_metric_fails_validation_and_plan_warns_first() {
     // Gaussian vectors, not unit length, in a cosine collection: ranking
     // them by dot product is not ranking them by cosine.

@@ -1,12 +1,14 @@
-//! Copy progress on stderr: bars on a terminal, plain lines otherwise.
+//! Copy and index-build progress on stderr: bars on a terminal, plain
+//! lines otherwise.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::CopyProgress;
+use crate::target::StageProgress;
 
 #[derive(Debug)]
 pub struct Progress {
@@ -94,6 +96,78 @@ impl CopyProgress for Progress {
                 let _ = m.println(text);
             }
             None => eprintln!("{text}"),
+        }
+    }
+
+    fn index_stages(&self, label: &str) -> Option<Arc<dyn StageProgress>> {
+        Some(Arc::new(IndexStages {
+            label: label.to_string(),
+            bars: self.bars.clone(),
+            bar: Mutex::new(None),
+            started: Instant::now(),
+        }))
+    }
+}
+
+/// One index build's stages: a bar for the current stage on a terminal
+/// (`train_ivf [=====>   ] 31/50 iterations`, or a spinner when Lance
+/// gives no total), one line a stage otherwise, so a log shows where a
+/// long build is.
+#[derive(Debug)]
+struct IndexStages {
+    label: String,
+    bars: Option<MultiProgress>,
+    bar: Mutex<Option<ProgressBar>>,
+    started: Instant,
+}
+
+impl StageProgress for IndexStages {
+    fn stage_start(&self, stage: &str, total: Option<u64>, unit: &str) {
+        let Some(m) = &self.bars else {
+            let of = match total {
+                Some(n) if !unit.is_empty() => format!(" ({n} {unit})"),
+                _ => String::new(),
+            };
+            eprintln!(
+                "index `{}`: {stage}{of} at {:.1}s",
+                self.label,
+                self.started.elapsed().as_secs_f64()
+            );
+            return;
+        };
+        let bar = match total {
+            Some(n) => m.add(ProgressBar::new(n)).with_style(
+                ProgressStyle::with_template(&format!(
+                    "{{prefix:>20}} {{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{elapsed}}"
+                ))
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => {
+                let b = m.add(ProgressBar::new_spinner()).with_style(
+                    ProgressStyle::with_template("{prefix:>20} {msg} {spinner}  {elapsed}")
+                        .expect("valid template"),
+                );
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+                b
+            }
+        };
+        bar.set_prefix(self.label.clone());
+        bar.set_message(stage.to_string());
+        if let Some(old) = self.bar.lock().expect("index bar lock").replace(bar) {
+            old.finish_and_clear();
+        }
+    }
+
+    fn stage_progress(&self, _stage: &str, done: u64) {
+        if let Some(b) = &*self.bar.lock().expect("index bar lock") {
+            b.set_position(done);
+        }
+    }
+
+    fn stage_done(&self, _stage: &str) {
+        if let Some(b) = self.bar.lock().expect("index bar lock").take() {
+            b.finish_and_clear();
         }
     }
 }

@@ -381,12 +381,13 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
             for ix in &c.indexes {
                 let kind = ix.kind.to_string();
                 let has = t.index_kind(&c.table, &ix.column).await?;
+                let same_kind = has.as_deref().is_some_and(|h| ix.kind.matches_listed(h));
                 let key = crate::state::StepKey::Index {
                     table: c.table.clone(),
                     column: ix.column.clone(),
                     index: ix.kind,
                 };
-                if has.as_deref() != Some(kind.to_ascii_uppercase().as_str()) {
+                if !same_kind {
                     rebuilds.push(format!(
                         "build `{kind}` on `{}` (the table has {})",
                         ix.column,
@@ -405,7 +406,7 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
         }
         infos.push(info);
         nows.push(now);
-        syncs.push(sync.map(|(ch, derived)| (ch, derived, rebuilds)));
+        syncs.push(sync.map(|(ch, derived, tally)| (ch, derived, rebuilds, tally)));
     }
     let observed: Vec<decide::Observed> = plan
         .collections
@@ -418,7 +419,7 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
             now: *now,
             changes: sync
                 .as_ref()
-                .map(|(ch, _, rebuilds)| ch.total() + rebuilds.len() as u64),
+                .map(|(ch, _, rebuilds, _)| ch.total() + rebuilds.len() as u64),
         })
         .collect();
     let start = decide::apply_start(last, &fingerprint, Some(&observed));
@@ -437,9 +438,9 @@ pub async fn plan(plan: &Plan, opts: PlanOptions) -> Result<PlanReport, DiffErro
     };
 
     let mut collections = Vec::new();
-    for (((c, info), now), sync) in plan.collections.iter().zip(&infos).zip(&nows).zip(&syncs) {
+    for (((c, info), now), sync) in plan.collections.iter().zip(&infos).zip(&nows).zip(syncs) {
         let cp = collection_plan(
-            sync.clone(),
+            sync,
             source.as_ref(),
             target.as_ref(),
             c,
@@ -548,9 +549,14 @@ async fn table_facts(
     ))
 }
 
+/// What a sync would write: its changes, whether the old digests were
+/// derived from the table, the index rebuilds, and the metadata tally of
+/// the records it read deciding.
+type SyncFindings = (crate::digest::Changes, bool, Vec<String>, MetadataTally);
+
 #[allow(clippy::too_many_arguments)]
 async fn collection_plan(
-    sync: Option<(crate::digest::Changes, bool, Vec<String>)>,
+    sync: Option<SyncFindings>,
     source: &dyn Source,
     target: Option<&LanceTarget>,
     c: &Collection,
@@ -772,7 +778,9 @@ async fn collection_plan(
     // A sync writes the difference only: its counts, exact, from digests.
     let mut rows_deleted = None;
     let mut rebuilds = Vec::new();
-    if let (Some((ch, derived, r)), Action::Change) = (sync, action) {
+    let mut tally = None;
+    if let (Some((ch, derived, r, t)), Action::Change) = (sync, action) {
+        tally = Some(t);
         rebuilds = r;
         let derived = if derived {
             " (the recorded digests did not describe the table's version, so they were derived from the table)"
@@ -852,9 +860,14 @@ async fn collection_plan(
         norm_lint(source, c, &mut lint).await?;
     }
     let metadata_keys = if action != Action::None && action != Action::Blocked {
-        let keys = metadata_stats(source, c).await?;
-        metadata_lint(c, info, &keys, &mut lint);
-        keys
+        // A sync tallied the records it read while deciding: no second
+        // pass over the metadata.
+        let tally = match tally {
+            Some(t) => t,
+            None => metadata_stats(source, c).await?,
+        };
+        metadata_lint(c, &tally, &mut lint);
+        tally.keys
     } else {
         BTreeMap::new()
     };
@@ -1138,18 +1151,25 @@ async fn norm_lint(
     Ok(())
 }
 
-/// Every metadata key of a collection, with the records holding each
-/// type: one pass over the metadata, no vectors read.
-async fn metadata_stats(
-    source: &dyn Source,
-    c: &Collection,
-) -> Result<BTreeMap<String, BTreeMap<String, u64>>, DiffError> {
-    let mut stats: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut stream = source.read_fields(&c.source, c.batch_size as usize);
-    while let Some(b) = stream.try_next().await? {
+/// Metadata keys with the records holding each type: what the metadata
+/// lints (MD101–MD103) read, and what `plan` shows.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataTally {
+    /// Key → type → records holding it.
+    pub keys: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Records tallied.
+    pub records: u64,
+    /// Every record of the collection (else: the records a sync writes).
+    pub all: bool,
+}
+
+impl MetadataTally {
+    pub fn add(&mut self, b: &crate::source::SourceBatch) {
+        self.records += b.metadatas.len() as u64;
         for m in b.metadatas.iter().flatten() {
             for (k, v) in m {
-                *stats
+                *self
+                    .keys
                     .entry(k.clone())
                     .or_default()
                     .entry(v.type_name().to_string())
@@ -1157,19 +1177,38 @@ async fn metadata_stats(
             }
         }
     }
-    Ok(stats)
+}
+
+/// Every metadata key of a collection, with the records holding each
+/// type: one pass over the metadata, no vectors read.
+async fn metadata_stats(source: &dyn Source, c: &Collection) -> Result<MetadataTally, DiffError> {
+    let mut tally = MetadataTally {
+        all: true,
+        ..Default::default()
+    };
+    let mut stream = source.read_fields(&c.source, c.batch_size as usize);
+    while let Some(b) = stream.try_next().await? {
+        tally.add(&b);
+    }
+    Ok(tally)
 }
 
 /// MD101–MD103 from the metadata statistics.
-fn metadata_lint(
-    c: &Collection,
-    info: &CollectionInfo,
-    stats: &BTreeMap<String, BTreeMap<String, u64>>,
-    lint: &mut Vec<Finding>,
-) {
-    if info.count == 0 {
+fn metadata_lint(c: &Collection, tally: &MetadataTally, lint: &mut Vec<Finding>) {
+    let (stats, count) = (&tally.keys, tally.records);
+    if count == 0 {
         return;
     }
+    // A sync found by sequence numbers reads only the records it writes:
+    // the findings are about those.
+    let scope = if tally.all {
+        String::new()
+    } else {
+        format!(
+            " (of the {} records this sync writes)",
+            render::thousands(count)
+        )
+    };
     for col in &c.columns {
         let Field::MetadataKey(key) = &col.from else {
             continue;
@@ -1181,7 +1220,7 @@ fn metadata_lint(
             lint.push(Finding::new(
                 Code::MD102,
                 format!(
-                    "no record of `{}` has `metadata.{key}`: column `{}` would be all null",
+                    "no record of `{}` has `metadata.{key}`: column `{}` would be all null{scope}",
                     c.source, col.name
                 ),
             ));
@@ -1208,7 +1247,7 @@ fn metadata_lint(
             lint.push(Finding::new(
                 Code::MD101,
                 format!(
-                    "`metadata.{key}` holds {} of the {} records that have it; column `{}` is `{}`{}",
+                    "`metadata.{key}` holds {} of the {} records that have it; column `{}` is `{}`{}{scope}",
                     shares.join(", "),
                     render::thousands(present),
                     col.name,
@@ -1217,13 +1256,13 @@ fn metadata_lint(
                 ),
             ));
         }
-        if col.required && present < info.count {
+        if col.required && present < count {
             lint.push(Finding::new(
                 Code::MD103,
                 format!(
-                    "{} of {} records lack `metadata.{key}`, which column `{}` requires; `on_error: {}` decides what happens to them",
-                    render::thousands(info.count - present),
-                    render::thousands(info.count),
+                    "{} of {} records lack `metadata.{key}`, which column `{}` requires; `on_error: {}` decides what happens to them{scope}",
+                    render::thousands(count - present),
+                    render::thousands(count),
                     col.name,
                     serde_json::to_value(col.on_error)
                         .ok()

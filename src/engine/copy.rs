@@ -24,6 +24,11 @@ pub trait CopyProgress: Send + Sync + std::fmt::Debug {
     fn advance(&self, table: &str, rows: u64);
     fn finish(&self, table: &str);
     fn message(&self, text: &str);
+    /// Stage-by-stage progress for the build of the index `label`
+    /// (`table.column`); `None`, the default, follows none.
+    fn index_stages(&self, _label: &str) -> Option<Arc<dyn crate::target::StageProgress>> {
+        None
+    }
 }
 
 /// Rows an upsert commit holds in memory at most (merge_insert reads a

@@ -181,6 +181,9 @@ pub(crate) struct Ctx {
     /// with Chroma's sequence numbers): the validate step's id-set check
     /// uses them instead of reading them again.
     pub copied_ids: std::sync::Mutex<HashMap<String, Vec<String>>>,
+    /// What each sync started from, when checked: validation after the
+    /// sync digests only the rows written since.
+    pub sync_base: std::sync::Mutex<HashMap<String, sync::SyncBase>>,
 }
 
 impl Ctx {
@@ -355,6 +358,7 @@ pub async fn apply(plan: Plan, opts: ApplyOptions) -> Result<ApplySummary, Engin
         skipped: std::sync::Mutex::new(HashMap::new()),
         sync_diffs: std::sync::Mutex::new(sync_diffs),
         copied_ids: std::sync::Mutex::new(HashMap::new()),
+        sync_base: std::sync::Mutex::new(HashMap::new()),
     });
 
     let (done, failed, not_started) = walk(&ctx, &graph, opts.fail_fast).await?;
@@ -649,8 +653,11 @@ async fn build_index(
     // The same kind of index as the plan's, with the settings recorded
     // when it was last built; otherwise it is built anew (the plan changed
     // it). An index built before settings were recorded is kept.
-    let same_kind = ctx.target.index_kind(table, column).await?.as_deref()
-        == Some(kind.to_string().to_ascii_uppercase().as_str());
+    let same_kind = ctx
+        .target
+        .index_kind(table, column)
+        .await?
+        .is_some_and(|listed| kind.matches_listed(&listed));
     let spec = index.settings();
     let id = StepKey::Index {
         table: table.into(),
@@ -677,10 +684,14 @@ async fn build_index(
             IndexOutcome::Updated
         }
     } else {
-        ctx.target.create_index(table, index, space).await?
+        let stages = ctx.progress.index_stages(&format!("{table}.{column}"));
+        ctx.target.create_index(table, index, space, stages).await?
     };
     match outcome {
-        IndexOutcome::Built => ctx
+        IndexOutcome::Built(built) if built != kind => ctx.progress.message(&format!(
+            "index: `{kind}` on `{table}.{column}` built as `{built}`"
+        )),
+        IndexOutcome::Built(_) => ctx
             .progress
             .message(&format!("index: `{kind}` on `{table}.{column}` built")),
         IndexOutcome::Updated => {}
@@ -736,9 +747,17 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
     if c.mode == crate::plan::Mode::Sync
         && c.validate.sample == crate::plan::SampleSize::All
         && let Some(now) = current
-        && let Some(mut breaches) =
-            sync::validate_by_digests(&ctx.target, c, &ctx.store.dir, now).await?
+        && let Some(check) = {
+            let base = ctx
+                .sync_base
+                .lock()
+                .expect("sync base lock")
+                .get(table)
+                .cloned();
+            sync::validate_by_digests(&ctx.target, c, &ctx.store.dir, now, base.as_ref()).await?
+        }
     {
+        let mut breaches = check.breaches;
         let search =
             crate::verify::search::for_collection(ctx.source.as_ref(), &ctx.target, c).await?;
         // Shown in full when it fails (the breach alone leaves out the
@@ -747,11 +766,12 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
             ctx.progress
                 .message(&format!("validate `{table}`: {}", s.render()));
         }
+        let rows_ok = breaches.is_empty();
         breaches.extend(search.iter().filter_map(|s| s.breach.clone()));
         let message = if breaches.is_empty() {
             let base = format!(
-                "{} rows; count and id set match the source, and every row equals its source record (digests: all values, bit for bit)",
-                now.rows
+                "{} rows; count and id set match the source, and every row equals its source record ({})",
+                now.rows, check.how
             );
             match &search {
                 Some(s) => format!("{base}; {}", s.render()),
@@ -760,6 +780,10 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
         } else {
             breaches.join("; ")
         };
+        // Every row matched: the next sync's validation starts here.
+        if rows_ok {
+            sync::mark_checked(&ctx.store.dir, table, now.version)?;
+        }
         let m2 = message.clone();
         ctx.update(&StepKey::validate(table), |r| {
             r.rows = now.rows;

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::{Ctx, StepError};
 use crate::digest::{self, Changes, Digests};
@@ -31,6 +31,9 @@ use crate::transform::Transformer;
 /// Rows buffered for one merge at most, by memory (merge_insert reads a
 /// synchronous reader, so its input is held).
 const MERGE_BUFFER_BYTES: usize = 128 << 20;
+
+/// Batches digested at once when validation reads a whole table.
+const DIGEST_IN_FLIGHT: usize = 3;
 
 fn id_index(c: &Collection) -> usize {
     c.columns
@@ -54,7 +57,11 @@ pub async fn derive(
             Ok(())
         })
         .await?;
-    Ok(Digests::new(version, pairs))
+    // The table's own digests: they describe it by construction.
+    Ok(Digests {
+        checked: true,
+        ..Digests::new(version, pairs)
+    })
 }
 
 /// Moves the digests the copy step saved at version `from` to version `to`
@@ -77,52 +84,174 @@ pub fn promote(
     Ok(())
 }
 
-/// Validation after a sync, without reading the source again: every row
-/// of the table digested and compared with the source's digests the sync
-/// saved (every value, bit for bit, where the ordinary check compares
-/// vectors by cosine). `None` when the digests cannot serve (not from the
-/// source, or not of the table's current version).
+/// What a sync started from, when it is known to be checked: the table
+/// at `version` held exactly the rows `old` describes (a validation of
+/// every row passed there, or `old` was derived from the table itself).
+/// Validation after the sync then reads only the rows written since.
+#[derive(Debug, Clone)]
+pub struct SyncBase {
+    pub version: u64,
+    pub old: Digests,
+}
+
+/// How validation by digests went: the breaches (none: it passed), and
+/// what was read, for the report.
+#[derive(Debug)]
+pub struct DigestCheck {
+    pub breaches: Vec<String>,
+    pub how: String,
+}
+
+/// Validation after a sync, without reading the source again: the table's
+/// rows compared with the source's digests the sync saved (every value,
+/// bit for bit, where the ordinary check compares vectors by cosine).
+///
+/// With a [`SyncBase`], only the rows in Lance fragments written since the
+/// base are digested; the other rows sit in data files the base already
+/// had (Lance never rewrites a data file), which were checked then, so
+/// each needs only its id: its digest at the base must be its source
+/// record's digest now. Every id is read either way, for the count, the
+/// id set and duplicates. Without a base (or if its version is gone),
+/// every row is digested. `None` when the digests cannot serve (not from
+/// the source, or not of the table's current version).
 pub async fn validate_by_digests(
     target: &LanceTarget,
     c: &Collection,
     state_dir: &std::path::Path,
     now: TableVersion,
-) -> Result<Option<Vec<String>>, StepError> {
+    base: Option<&SyncBase>,
+) -> Result<Option<DigestCheck>, StepError> {
     let Some(saved) = digest::load(&digest::path(state_dir, &c.table)) else {
         return Ok(None);
     };
     if !saved.from_source || saved.version != now.version {
         return Ok(None);
     }
-    let table = derive(target, c, now.version).await?;
+    let names: Vec<&str> = c.columns.iter().map(|col| col.name.as_str()).collect();
+    let id = id_index(c);
+    let mut seen: Vec<u64> = Vec::with_capacity(now.rows as usize);
+    let mut differ = 0u64;
+    let mut how = String::new();
+    if let Some(base) = base.filter(|b| b.version < now.version) {
+        let (mut fresh, mut kept) = (0u64, 0u64);
+        let read = target
+            .scan_since(
+                &c.table,
+                base.version,
+                now.version,
+                &names,
+                names[id],
+                |b, is_new| {
+                    if is_new {
+                        for (h, d) in digest::row_digests(b, id) {
+                            fresh += 1;
+                            seen.push(h);
+                            differ += u64::from(saved.get(h) != Some(d));
+                        }
+                        return;
+                    }
+                    let ids =
+                        crate::target::string_values(b.column(0).as_ref()).unwrap_or_default();
+                    for rid in ids {
+                        let h = crate::hash::id_hash(rid.unwrap_or(""));
+                        kept += 1;
+                        seen.push(h);
+                        let was = base.old.get(h);
+                        differ += u64::from(was.is_none() || was != saved.get(h));
+                    }
+                },
+            )
+            .await?;
+        if read {
+            how = format!(
+                "the {fresh} rows written since version {} digested, the other {kept} unchanged since checked there (same Lance files): every value, bit for bit",
+                base.version
+            );
+        } else {
+            (seen, differ) = (Vec::new(), 0);
+        }
+    }
+    if how.is_empty() {
+        // Digested on blocking threads, a few batches at a time, while
+        // Lance decodes the next ones: both cores work.
+        let table = c.table.clone();
+        let mut digests = target
+            .batches(&c.table, Some(now.version), &names)
+            .await?
+            .map(|b| {
+                let table = table.clone();
+                async move {
+                    let b = b?;
+                    tokio::task::spawn_blocking(move || digest::row_digests(&b, id))
+                        .await
+                        .map_err(|e| StepError::Internal {
+                            what: format!("digesting the rows of `{table}`"),
+                            reason: e.to_string(),
+                        })
+                }
+            })
+            .buffered(DIGEST_IN_FLIGHT);
+        while let Some(pairs) = digests.try_next().await? {
+            for (h, d) in pairs {
+                seen.push(h);
+                differ += u64::from(saved.get(h) != Some(d));
+            }
+        }
+        how = "digests: all values, bit for bit".into();
+    }
+    let rows = seen.len() as u64;
+    seen.sort_unstable();
+    seen.dedup();
+    let duplicates = rows - seen.len() as u64;
     let mut breaches = Vec::new();
-    let rows = now.rows;
     if rows != saved.pairs.len() as u64 {
         breaches.push(format!(
             "count: table has {rows} rows, source has {} records to copy",
             saved.pairs.len()
         ));
     }
-    if (table.pairs.len() as u64) < rows {
+    if duplicates > 0 {
+        breaches.push(format!("ids: {duplicates} duplicate rows"));
+    }
+    let extra = seen.iter().filter(|h| saved.get(**h).is_none()).count();
+    if extra > 0 {
+        breaches.push(format!("ids: {extra} rows not in the source"));
+    }
+    let missing = saved
+        .pairs
+        .iter()
+        .filter(|(h, _)| seen.binary_search(h).is_err())
+        .count();
+    if missing > 0 {
+        breaches.push(format!("ids: {missing} source records missing"));
+    }
+    // Rows not in the source are counted above, not again as values.
+    let differ = differ.saturating_sub(extra as u64 + duplicates);
+    if differ > 0 {
         breaches.push(format!(
-            "ids: {} duplicate rows",
-            rows - table.pairs.len() as u64
+            "values: {differ} rows differ from their source record"
         ));
     }
-    let (diff, _) = digest::compare(&saved, &table);
-    if diff.insert > 0 {
-        breaches.push(format!("ids: {} rows not in the source", diff.insert));
+    Ok(Some(DigestCheck { breaches, how }))
+}
+
+/// Marks the saved digests of a table as checked at `version` (every row
+/// of the table there matched them): the next sync's validation starts
+/// from there.
+pub fn mark_checked(
+    state_dir: &std::path::Path,
+    table: &str,
+    version: u64,
+) -> Result<(), StepError> {
+    let path = digest::path(state_dir, table);
+    if let Some(mut d) = digest::load(&path)
+        && d.version == version
+        && !d.checked
+    {
+        d.checked = true;
+        digest::save(&path, &d)?;
     }
-    if diff.delete > 0 {
-        breaches.push(format!("ids: {} source records missing", diff.delete));
-    }
-    if diff.update > 0 {
-        breaches.push(format!(
-            "values: {} rows differ from their source record",
-            diff.update
-        ));
-    }
-    Ok(Some(breaches))
+    Ok(())
 }
 
 /// The digests recorded for a table if they describe `now`; otherwise
@@ -161,6 +290,9 @@ pub struct Diff {
     /// Found by sequence numbers: only the records written since the
     /// last sync were read.
     pub by_sequence: bool,
+    /// The metadata of the records read deciding (every record, or the
+    /// ones fetched by sequence number), for the plan's lints.
+    pub tally: crate::diff::MetadataTally,
     /// The changed rows, transformed, when the decision fetched them (the
     /// fast path): written as they are, not fetched again.
     pub rows: Option<Vec<RecordBatch>>,
@@ -195,8 +327,13 @@ pub async fn diff(
     let mut pairs = Vec::new();
     let mut changed_ids = Vec::new();
     let mut skipped = HashSet::new();
+    let mut tally = crate::diff::MetadataTally {
+        all: true,
+        ..Default::default()
+    };
     let mut stream = source.read(&c.source, c.batch_size as usize);
     while let Some(b) = stream.try_next().await? {
+        tally.add(&b);
         let t = transformer.transform(b)?;
         skipped.extend(t.skipped.into_iter().map(|s| s.id));
         let digests = digest::row_digests(&t.batch, id);
@@ -222,6 +359,7 @@ pub async fn diff(
         sequences,
         by_sequence: false,
         rows: None,
+        tally,
     })
 }
 
@@ -282,8 +420,10 @@ async fn by_sequence(
     // The changed rows themselves are kept (a fraction of the collection
     // by construction), so the write need not fetch them again.
     let mut rows = Vec::new();
+    let mut tally = crate::diff::MetadataTally::default();
     for chunk in look.chunks(1000) {
         let b = source.get(&c.source, chunk).await?;
+        tally.add(&b);
         let t = transformer.transform(b)?;
         skipped.extend(t.skipped.into_iter().map(|s| s.id));
         let digests = digest::row_digests(&t.batch, id);
@@ -323,6 +463,7 @@ async fn by_sequence(
         skipped,
         sequences: None,
         by_sequence: true,
+        tally,
     }))
 }
 
@@ -368,9 +509,9 @@ pub async fn changes(
     state_dir: &std::path::Path,
     now: TableVersion,
     dim: usize,
-) -> Result<(Changes, bool), StepError> {
+) -> Result<(Changes, bool, crate::diff::MetadataTally), StepError> {
     let d = diff(source, target, c, state_dir, now, dim).await?;
-    Ok((d.changes, d.derived))
+    Ok((d.changes, d.derived, d.tally))
 }
 
 /// One merge commit of `buf` on the id column, recorded as the copy
@@ -671,8 +812,20 @@ async fn finish(
             pairs: new.pairs,
             from_source: true,
             seqs: new.seqs,
+            checked: false,
         },
     )?;
+    // What the sync started from, if checked: validation reads only what
+    // it wrote (kept in memory: a resumed apply validates every row).
+    if old.checked && old.version == now.version {
+        ctx.sync_base.lock().expect("sync base lock").insert(
+            table.to_string(),
+            SyncBase {
+                version: now.version,
+                old,
+            },
+        );
+    }
     crate::failpoint::hit(&format!("sync-digests:{table}"));
     let skipped = skipped_ids.len() as u64;
     ctx.skipped
@@ -722,6 +875,7 @@ async fn finish(
 mod tests {
     use super::*;
     use crate::source::Sequences;
+    use crate::target::Commit;
 
     fn recorded(mark: u64, recs: &[(&str, u64, u64)]) -> Digests {
         let mut d = Digests::new(
@@ -742,6 +896,199 @@ mod tests {
             mark,
             records: recs.iter().map(|(id, s)| (id.to_string(), *s)).collect(),
         }
+    }
+
+    /// A plan of one sync collection into `dir/lancedb`, 2-d vectors.
+    fn sync_plan(dir: &std::path::Path) -> crate::plan::Plan {
+        let text = format!(
+            "version: 1\nname: t\nsource: {{ chroma: {{ path: ./db }} }}\ntarget: {{ lancedb: {{ uri: {} }} }}\ncollections:\n  - source: docs\n    mode: sync\n    columns:\n      - {{ name: vector, from: embedding, dim: 2 }}\n      - {{ name: id, from: id }}\n      - {{ name: doc, from: document }}\n",
+            dir.join("lancedb").display()
+        );
+        crate::plan::load_str(
+            &text,
+            std::path::Path::new("t.yaml"),
+            &crate::plan::Vars::empty(),
+        )
+        .unwrap()
+    }
+
+    /// The rows of `recs` (`id`, document, first vector value), as the
+    /// plan writes them.
+    fn rows(c: &Collection, recs: &[(&str, &str, f32)]) -> RecordBatch {
+        let mut b = crate::source::SourceBatch::with_capacity(recs.len(), 2);
+        for (id, doc, x) in recs {
+            b.ids.push(id.to_string());
+            b.documents.push(Some(doc.to_string()));
+            b.uris.push(None);
+            b.metadatas.push(None);
+            b.embeddings.extend([*x, 1.0]);
+        }
+        Transformer::new(c, 2).transform(b).unwrap().batch
+    }
+
+    #[tokio::test]
+    async fn validation_after_a_sync_reads_new_fragments_and_still_finds_every_breach() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = sync_plan(dir.path());
+        let c = &plan.collections[0];
+        let target = LanceTarget::connect(&plan.target).await.unwrap();
+        let state = dir.path().join("state");
+        let base_rows = rows(c, &[("a", "x", 1.0), ("b", "y", 2.0), ("c", "z", 3.0)]);
+        let schema = base_rows.schema();
+        let one = |b: RecordBatch| futures::stream::iter(vec![b]).boxed();
+        let v1 = target
+            .commit(
+                "docs",
+                schema.clone(),
+                one(base_rows.clone()),
+                Commit::Create,
+            )
+            .await
+            .unwrap();
+        // Checked at v1: the table's own digests.
+        let old = derive(&target, c, v1.version).await.unwrap();
+        assert!(old.checked);
+        // The sync: `d` added in a fragment of its own.
+        let v2 = target
+            .commit(
+                "docs",
+                schema.clone(),
+                one(rows(c, &[("d", "w", 4.0)])),
+                Commit::Append,
+            )
+            .await
+            .unwrap();
+        let base = SyncBase {
+            version: v1.version,
+            old: old.clone(),
+        };
+        let source = |recs: &[(&str, &str, f32)]| {
+            let mut d = Digests::new(v2.version, digest::row_digests(&rows(c, recs), 1));
+            d.from_source = true;
+            d
+        };
+        let check = |d: Digests, base: Option<SyncBase>| {
+            let (target, state, c) = (&target, &state, c);
+            async move {
+                digest::save(&digest::path(state, "docs"), &d).unwrap();
+                validate_by_digests(target, c, state, v2, base.as_ref())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let all = [
+            ("a", "x", 1.0),
+            ("b", "y", 2.0),
+            ("c", "z", 3.0),
+            ("d", "w", 4.0),
+        ];
+
+        // Equal: only `d` is digested, the rest by id.
+        let ok = check(source(&all), Some(base.clone())).await;
+        assert!(ok.breaches.is_empty(), "{ok:?}");
+        assert!(
+            ok.how
+                .contains("the 1 rows written since version 1 digested, the other 3 unchanged"),
+            "{ok:?}"
+        );
+
+        // The source's `b` changed, but the sync did not rewrite its row:
+        // `b` sits in a kept fragment, and is still caught.
+        let stale = check(
+            source(&[
+                ("a", "x", 1.0),
+                ("b", "EDITED", 2.0),
+                ("c", "z", 3.0),
+                ("d", "w", 4.0),
+            ]),
+            Some(base.clone()),
+        )
+        .await;
+        assert_eq!(
+            stale.breaches,
+            ["values: 1 rows differ from their source record"]
+        );
+
+        // A written row that differs from its source record.
+        let wrong = check(
+            source(&[
+                ("a", "x", 1.0),
+                ("b", "y", 2.0),
+                ("c", "z", 3.0),
+                ("d", "w", 9.0),
+            ]),
+            Some(base.clone()),
+        )
+        .await;
+        assert_eq!(
+            wrong.breaches,
+            ["values: 1 rows differ from their source record"]
+        );
+
+        // A source record missing from the table, and a row not in the source.
+        let ids = check(
+            source(&[
+                ("a", "x", 1.0),
+                ("b", "y", 2.0),
+                ("d", "w", 4.0),
+                ("e", "v", 5.0),
+            ]),
+            Some(base.clone()),
+        )
+        .await;
+        assert!(
+            ids.breaches
+                .contains(&"ids: 1 rows not in the source".to_string()),
+            "{ids:?}"
+        );
+        assert!(
+            ids.breaches
+                .contains(&"ids: 1 source records missing".to_string()),
+            "{ids:?}"
+        );
+
+        // Without a base (or a base the table no longer has): every row.
+        let full = check(source(&all), None).await;
+        assert!(full.breaches.is_empty(), "{full:?}");
+        assert_eq!(full.how, "digests: all values, bit for bit");
+        let gone = check(
+            source(&all),
+            Some(SyncBase {
+                version: 999,
+                ..base.clone()
+            }),
+        )
+        .await;
+        assert!(gone.how.starts_with("digests: all values"), "{gone:?}");
+
+        // A duplicate written by the sync: `a` twice.
+        let v3 = target
+            .commit(
+                "docs",
+                schema.clone(),
+                one(rows(c, &[("a", "x", 1.0)])),
+                Commit::Append,
+            )
+            .await
+            .unwrap();
+        let mut d = source(&all);
+        d.version = v3.version;
+        digest::save(&digest::path(&state, "docs"), &d).unwrap();
+        let dup = validate_by_digests(&target, c, &state, v3, Some(&base))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            dup.breaches.contains(&"ids: 1 duplicate rows".to_string()),
+            "{dup:?}"
+        );
+        assert!(
+            dup.breaches
+                .iter()
+                .any(|b| b.starts_with("count: table has 5 rows")),
+            "{dup:?}"
+        );
     }
 
     #[test]

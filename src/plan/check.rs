@@ -603,6 +603,17 @@ fn check_columns(
     (out, false)
 }
 
+/// The vector index kinds, `auto` among them.
+const VECTOR_KINDS: &[IndexType] = &[
+    IndexType::Auto,
+    IndexType::IvfPq,
+    IndexType::IvfFlat,
+    IndexType::IvfSq,
+    IndexType::IvfRq,
+    IndexType::IvfHnswSq,
+    IndexType::IvfHnswPq,
+];
+
 fn check_indexes(
     cs: &spec::CollectionSpec,
     cp: &str,
@@ -635,7 +646,15 @@ fn check_indexes(
             ));
             continue;
         };
-        let kind = ix.ty;
+        // `auto` takes its kind from the column: a vector index on the
+        // vector column (chosen when built, from rows and dimension), a
+        // B-tree on a scalar, a label list on a list.
+        let kind = match (ix.ty, col.ty) {
+            (IndexType::Auto, ColumnType::Vector) => IndexType::Auto,
+            (IndexType::Auto, t) if t.is_scalar() => IndexType::Btree,
+            (IndexType::Auto, t) if t.is_list() => IndexType::LabelList,
+            (kind, _) => kind,
+        };
         let fits = if kind.is_vector() {
             col.ty == ColumnType::Vector
         } else {
@@ -657,7 +676,9 @@ fn check_indexes(
                 }
             };
             let better = match col.ty {
-                ColumnType::Vector => "`ivf_pq` (or ivf_flat, ivf_hnsw_sq, ivf_hnsw_pq)",
+                ColumnType::Vector => {
+                    "`auto` (or ivf_pq, ivf_flat, ivf_sq, ivf_rq, ivf_hnsw_sq, ivf_hnsw_pq)"
+                }
                 ColumnType::String => "`fts`, `btree` or `bitmap`",
                 ColumnType::Int64 | ColumnType::Float64 | ColumnType::Bool => "`btree` or `bitmap`",
                 ColumnType::Json => "no index (JSON text is not indexable)",
@@ -666,7 +687,7 @@ fn check_indexes(
             errs.push(loc.diag(
                 loc.value(&format!("{p}/type")),
                 format!(
-                    "{ctx}: a `{kind}` index needs {wanted}, but `{}` is `{}`",
+                    "{ctx}: an index of type `{kind}` needs {wanted}, but `{}` is `{}`",
                     col.name, col.ty
                 ),
                 format!("for a `{}` column use {better}", col.ty),
@@ -679,20 +700,73 @@ fn check_indexes(
                 "remove `metric` from this index",
             ));
         }
-        if ix.num_sub_vectors.is_some() && !matches!(kind, IndexType::IvfPq | IndexType::IvfHnswPq)
-        {
-            errs.push(loc.diag(
-                loc.key(&p, "num_sub_vectors"),
-                format!("{ctx}: `num_sub_vectors` only applies to PQ indexes, not `{kind}`"),
+        // Each knob, the kinds it applies to (`auto` takes them all: they
+        // apply to whichever kind it chooses, where that kind has them).
+        let knobs: [(&str, bool, &[IndexType], &str); 5] = [
+            (
+                "num_sub_vectors",
+                ix.num_sub_vectors.is_some(),
+                &[IndexType::Auto, IndexType::IvfPq, IndexType::IvfHnswPq],
                 "remove it, or use `type: ivf_pq`",
-            ));
+            ),
+            (
+                "num_bits",
+                ix.num_bits.is_some(),
+                &[
+                    IndexType::Auto,
+                    IndexType::IvfPq,
+                    IndexType::IvfHnswPq,
+                    IndexType::IvfRq,
+                ],
+                "remove it, or use `type: ivf_pq` or `ivf_rq`",
+            ),
+            (
+                "num_partitions",
+                ix.num_partitions.is_some(),
+                VECTOR_KINDS,
+                "remove it from this index",
+            ),
+            (
+                "max_iterations",
+                ix.max_iterations.is_some(),
+                VECTOR_KINDS,
+                "remove it from this index",
+            ),
+            (
+                "sample_rate",
+                ix.sample_rate.is_some(),
+                VECTOR_KINDS,
+                "remove it from this index",
+            ),
+        ];
+        for (name, set, kinds, hint) in knobs {
+            if set && !kinds.contains(&kind) {
+                let what = if kinds == VECTOR_KINDS {
+                    "vector indexes".to_string()
+                } else {
+                    kinds
+                        .iter()
+                        .filter(|k| **k != IndexType::Auto)
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                errs.push(loc.diag(
+                    loc.key(&p, name),
+                    format!("{ctx}: `{name}` only applies to {what}, not `{kind}`"),
+                    hint,
+                ));
+            }
         }
-        if ix.num_partitions.is_some() && !kind.is_vector() {
-            errs.push(loc.diag(
-                loc.key(&p, "num_partitions"),
-                format!("{ctx}: `num_partitions` only applies to vector indexes, not `{kind}`"),
-                "remove `num_partitions` from this index",
-            ));
+        if let Some(bits) = ix.num_bits {
+            let pq = matches!(kind, IndexType::IvfPq | IndexType::IvfHnswPq);
+            if pq && bits != 4 && bits != 8 {
+                errs.push(loc.diag(
+                    loc.value(&format!("{p}/num_bits")),
+                    format!("{ctx}: `{kind}` codes with 4 or 8 bits, not {bits}"),
+                    "use `num_bits: 8` (the default) or 4",
+                ));
+            }
         }
         // Lance keeps one index per column and family; a second would replace the first.
         let family = if kind.is_vector() {
@@ -718,6 +792,9 @@ fn check_indexes(
             metric: ix.metric.unwrap_or(Metric::Auto),
             num_partitions: ix.num_partitions,
             num_sub_vectors: ix.num_sub_vectors,
+            num_bits: ix.num_bits,
+            max_iterations: ix.max_iterations,
+            sample_rate: ix.sample_rate,
         });
     }
     out

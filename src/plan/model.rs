@@ -283,8 +283,11 @@ impl ColumnType {
 impl fmt::Display for IndexType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            IndexType::Auto => "auto",
             IndexType::IvfPq => "ivf_pq",
             IndexType::IvfFlat => "ivf_flat",
+            IndexType::IvfSq => "ivf_sq",
+            IndexType::IvfRq => "ivf_rq",
             IndexType::IvfHnswSq => "ivf_hnsw_sq",
             IndexType::IvfHnswPq => "ivf_hnsw_pq",
             IndexType::Fts => "fts",
@@ -296,11 +299,47 @@ impl fmt::Display for IndexType {
 }
 
 impl IndexType {
+    /// A vector index kind. `auto` counts: after the checker it remains
+    /// only on the vector column (on others it becomes a scalar kind).
     pub fn is_vector(self) -> bool {
         matches!(
             self,
-            IndexType::IvfPq | IndexType::IvfFlat | IndexType::IvfHnswSq | IndexType::IvfHnswPq
+            IndexType::Auto
+                | IndexType::IvfPq
+                | IndexType::IvfFlat
+                | IndexType::IvfSq
+                | IndexType::IvfRq
+                | IndexType::IvfHnswSq
+                | IndexType::IvfHnswPq
         )
+    }
+
+    /// Whether an index LanceDB lists as `listed` (`IVF_PQ`, …) is one
+    /// of this kind: for `auto`, any vector index (what it chose, or one a
+    /// plan chose before it said `auto`).
+    pub fn matches_listed(self, listed: &str) -> bool {
+        match self {
+            IndexType::Auto => listed.starts_with("IVF_"),
+            k => k.lance_name() == Some(listed),
+        }
+    }
+
+    /// The name LanceDB lists this kind under (`IVF_PQ`, `FTS`, …); `None`
+    /// for `auto`, which is not a kind LanceDB knows.
+    pub fn lance_name(self) -> Option<&'static str> {
+        Some(match self {
+            IndexType::Auto => return None,
+            IndexType::IvfPq => "IVF_PQ",
+            IndexType::IvfFlat => "IVF_FLAT",
+            IndexType::IvfSq => "IVF_SQ",
+            IndexType::IvfRq => "IVF_RQ",
+            IndexType::IvfHnswSq => "IVF_HNSW_SQ",
+            IndexType::IvfHnswPq => "IVF_HNSW_PQ",
+            IndexType::Fts => "FTS",
+            IndexType::Btree => "BTREE",
+            IndexType::Bitmap => "BITMAP",
+            IndexType::LabelList => "LABEL_LIST",
+        })
     }
 }
 
@@ -348,16 +387,36 @@ pub struct Index {
     pub metric: Metric,
     pub num_partitions: Option<u32>,
     pub num_sub_vectors: Option<u32>,
+    // Absent when unset, so a plan that does not use them keeps the
+    // fingerprint it had before they existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_bits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_iterations: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
 }
 
 impl Index {
     /// The settings that decide how the index is built, as recorded in the
     /// state: a sync rebuilds an index whose settings the plan changed.
+    /// Settings added later appear only when set, so an index recorded
+    /// before them is not rebuilt for their sake.
     pub fn settings(&self) -> String {
-        format!(
+        let mut s = format!(
             "{:?} metric={:?} partitions={:?} sub_vectors={:?}",
             self.kind, self.metric, self.num_partitions, self.num_sub_vectors
-        )
+        );
+        for (name, v) in [
+            ("bits", self.num_bits),
+            ("max_iterations", self.max_iterations),
+            ("sample_rate", self.sample_rate),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!(" {name}={v}"));
+            }
+        }
+        s
     }
 }
 

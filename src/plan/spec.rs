@@ -321,8 +321,8 @@ pub struct IndexSpec {
     /// The indexed column (a name from `columns`).
     #[schemars(length(min = 1))]
     pub column: String,
-    /// The index kind.
-    #[serde(rename = "type")]
+    /// The index kind; `auto` (the default) chooses from the column: on the vector column the vector index docs/plan-reference.md describes (chosen by rows and dimension when it is built), on a scalar column `btree`, on a list column `label_list`.
+    #[serde(rename = "type", default)]
     pub ty: IndexType,
     /// Distance metric for vector indexes; `auto` (default) uses the source collection's distance space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -331,22 +331,52 @@ pub struct IndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub num_partitions: Option<u32>,
-    /// PQ sub-vectors for `ivf_pq` (default: chosen by LanceDB from the dimension).
+    /// PQ sub-vectors for `ivf_pq` and `ivf_hnsw_pq` (default: chosen by LanceDB from the dimension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub num_sub_vectors: Option<u32>,
+    /// Bits a code: for `ivf_pq`/`ivf_hnsw_pq` 4 or 8 (default 8), for `ivf_rq` 1 to 8 bits a dimension (default: Lance's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8))]
+    pub num_bits: Option<u32>,
+    /// Most k-means iterations when training IVF partitions (and PQ codebooks) for vector indexes (LanceDB's default: 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_iterations: Option<u32>,
+    /// Training vectors a partition for vector indexes: k-means trains on `sample_rate × num_partitions` vectors (LanceDB's default: 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2))]
+    pub sample_rate: Option<u32>,
 }
 
 /// Index kinds.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum IndexType {
-    /// Vector: IVF with product quantization (the default choice).
+    /// Chosen from the column (the default): see `type` above.
+    #[default]
+    Auto,
+    /// Vector: IVF with product quantization (LanceDB's own default).
     IvfPq,
-    /// Vector: IVF without quantization.
+    /// Vector: IVF without quantization (exact distances within a partition).
     IvfFlat,
+    /// Vector: IVF with 8-bit scalar quantization.
+    IvfSq,
+    /// Vector: IVF with RaBitQ quantization.
+    IvfRq,
     /// Vector: IVF partitions with HNSW and scalar quantization.
     IvfHnswSq,
     /// Vector: IVF partitions with HNSW and product quantization.

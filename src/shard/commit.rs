@@ -337,19 +337,22 @@ pub async fn commit(
                 .await
                 .map_err(|e| at.target(e))?;
             let what = format!("`{kind}` on `{}.{}`", c.table, index.column);
-            if !t.committed_now
-                && there.as_deref() == Some(kind.to_string().to_ascii_uppercase().as_str())
-            {
+            if !t.committed_now && there.is_some_and(|listed| kind.matches_listed(&listed)) {
                 progress.message(&format!("index: {what}: already built"));
                 t.indexes.push(format!("{what}: already built"));
                 continue;
             }
             match target
-                .create_index(&c.table, index, space)
+                .create_index(
+                    &c.table,
+                    index,
+                    space,
+                    progress.index_stages(&format!("{}.{}", c.table, index.column)),
+                )
                 .await
                 .map_err(|e| at.target(e))?
             {
-                IndexOutcome::Built | IndexOutcome::Updated => {
+                IndexOutcome::Built(_) | IndexOutcome::Updated => {
                     progress.message(&format!("index: {what} built"));
                     t.indexes.push(format!("{what}: built"));
                 }

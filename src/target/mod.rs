@@ -9,16 +9,13 @@
 
 use arrow_array::{RecordBatch, RecordBatchIterator};
 use arrow_schema::SchemaRef;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use lancedb::DistanceType;
 use lancedb::arrow::{SendableRecordBatchStream, SimpleRecordBatchStream};
 use lancedb::index::Index as LanceIndex;
 use lancedb::index::scalar::{
     BTreeIndexBuilder, BitmapIndexBuilder, FtsIndexBuilder, LabelListIndexBuilder,
-};
-use lancedb::index::vector::{
-    IvfFlatIndexBuilder, IvfHnswPqIndexBuilder, IvfHnswSqIndexBuilder, IvfPqIndexBuilder,
 };
 use lancedb::table::AddDataMode;
 
@@ -94,10 +91,15 @@ pub struct TableVersion {
     pub rows: u64,
 }
 
+pub mod vector_index;
+
+pub use vector_index::StageProgress;
+
 /// What happened to an index request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexOutcome {
-    Built,
+    /// Built, of this kind (what `auto` chose, for an `auto` index).
+    Built(IndexType),
     /// An existing index was brought up to date with new rows.
     Updated,
     Skipped(String),
@@ -518,29 +520,118 @@ impl LanceTarget {
         // (Boxed: a closure's error type is kept small.)
         mut each: impl FnMut(&RecordBatch) -> Result<(), Box<TargetError>>,
     ) -> Result<(), TargetError> {
-        use futures::TryStreamExt;
+        let mut batches = self.batches(name, version, columns).await?;
+        while let Some(b) = batches.try_next().await? {
+            each(&b).map_err(|e| *e)?;
+        }
+        Ok(())
+    }
+
+    /// The table's rows (at `version`, or the latest), `columns` only, as
+    /// a stream of batches: a consumer may work on one batch while Lance
+    /// decodes the next.
+    pub async fn batches(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        columns: &[&str],
+    ) -> Result<BoxStream<'static, Result<RecordBatch, TargetError>>, TargetError> {
         use lancedb::query::{ExecutableQuery, QueryBase, Select};
         let t = match version {
             Some(v) => self.open_at(name, v).await?,
             None => self.open(name).await?,
         }
         .ok_or_else(|| self.vanished(name, "reading"))?;
-        let read = || {
-            self.err(
-                format!("reading `{name}`"),
-                "retry; if it persists the table may be damaged",
-            )
-        };
-        let mut batches = t
+        let action = format!("reading `{name}`");
+        let hint = "retry; if it persists the table may be damaged";
+        let batches = t
             .query()
             .select(Select::columns(columns))
             .execute()
             .await
-            .map_err(read())?;
-        while let Some(b) = batches.try_next().await.map_err(read())? {
-            each(&b).map_err(|e| *e)?;
+            .map_err(self.err(action.clone(), hint))?;
+        let uri = self.uri.clone();
+        Ok(batches
+            .map_err(move |source| TargetError::Lance {
+                uri: uri.clone(),
+                action: action.clone(),
+                hint: hint.into(),
+                source,
+            })
+            .boxed())
+    }
+
+    /// Reads the table at `version` split by what changed since `base`:
+    /// `each(batch, true)` gets every row of the fragments written since
+    /// (every column of `columns`, in that order), `each(batch, false)`
+    /// the `id_col` of the rows of fragments `base` already had (same fragment, same data and overlay
+    /// files: Lance never rewrites a data file, so their rows are the ones
+    /// `base` held, less any deleted since). `Ok(false)` when `base` can
+    /// no longer be read (its version was cleaned up): the caller falls
+    /// back to reading everything.
+    pub async fn scan_since(
+        &self,
+        name: &str,
+        base: u64,
+        version: u64,
+        columns: &[&str],
+        id_col: &str,
+        mut each: impl FnMut(&RecordBatch, bool),
+    ) -> Result<bool, TargetError> {
+        let t = self.existing(name, "reading").await?;
+        let read = |e: lance::Error| {
+            self.err(
+                format!("reading `{name}` at version {version}"),
+                "retry; if it persists the table may be damaged",
+            )(lancedb::Error::from(e))
+        };
+        let wrapper = t
+            .dataset()
+            .expect("a local or object-store LanceDB table is a native table");
+        let latest = wrapper.get().await.map_err(self.err(
+            format!("opening `{name}`"),
+            "check the table's directory and permissions",
+        ))?;
+        let now = latest.checkout_version(version).await.map_err(read)?;
+        let Ok(then) = latest.checkout_version(base).await else {
+            return Ok(false);
+        };
+        let same_files = |f: &lance::table::format::Fragment| {
+            then.manifest.fragments.iter().any(|b| {
+                b.id == f.id
+                    && b.files
+                        .iter()
+                        .map(|d| &d.path)
+                        .eq(f.files.iter().map(|d| &d.path))
+                    && format!("{:?}", b.overlays) == format!("{:?}", f.overlays)
+            })
+        };
+        let (old, new): (Vec<_>, Vec<_>) = now
+            .manifest
+            .fragments
+            .iter()
+            .cloned()
+            .partition(|f| same_files(f));
+        for (frags, cols, is_new) in [(new, columns.to_vec(), true), (old, vec![id_col], false)] {
+            if frags.is_empty() {
+                continue;
+            }
+            let mut scan = now.scan();
+            scan.with_fragments(frags);
+            scan.project(&cols).map_err(read)?;
+            let mut stream = scan.try_into_stream().await.map_err(read)?;
+            while let Some(b) = stream.try_next().await.map_err(read)? {
+                // In the order asked for, whatever order Lance returns.
+                let order: Vec<usize> = cols
+                    .iter()
+                    .map(|c| b.schema().index_of(c))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| read(lance::Error::from(e)))?;
+                let b = b.project(&order).map_err(|e| read(lance::Error::from(e)))?;
+                each(&b, is_new);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Adds rows written since an index was built to every index of the
@@ -643,12 +734,16 @@ impl LanceTarget {
         ))
     }
 
-    /// Builds one index. A vector index on too few rows is skipped, not failed.
+    /// Builds one index. A vector index on too few rows is skipped, not
+    /// failed; `auto` on the vector column is resolved here, where the
+    /// rows and dimension are known. `progress` follows a vector index's
+    /// build stage by stage.
     pub async fn create_index(
         &self,
         name: &str,
         index: &Index,
         space: DistanceSpace,
+        progress: Option<std::sync::Arc<dyn StageProgress>>,
     ) -> Result<IndexOutcome, TargetError> {
         let t = self.existing(name, "indexing").await?;
         let rows = t
@@ -671,45 +766,31 @@ impl LanceTarget {
                 index.kind
             )));
         }
+        if index.kind.is_vector() {
+            let schema = t
+                .schema()
+                .await
+                .map_err(self.err(format!("reading the schema of `{name}`"), "retry"))?;
+            let dim = vector_index::dimension(&schema, &index.column).unwrap_or(0);
+            let kind = match index.kind {
+                IndexType::Auto => vector_index::choose(rows as u64, dim),
+                k => k,
+            };
+            let params = vector_index::params(kind, index, dim, distance.into());
+            vector_index::build(&t, &index.column, &params, progress)
+                .await
+                .map_err(self.err(
+                    format!("building a `{kind}` index on `{name}.{}`", index.column),
+                    "re-run `lanceferry apply`; the copy is kept and only the index step runs again",
+                ))?;
+            return Ok(IndexOutcome::Built(kind));
+        }
         let lance_index = match index.kind {
-            IndexType::IvfPq => {
-                let mut b = IvfPqIndexBuilder::default().distance_type(distance);
-                if let Some(p) = index.num_partitions {
-                    b = b.num_partitions(p);
-                }
-                if let Some(s) = index.num_sub_vectors {
-                    b = b.num_sub_vectors(s);
-                }
-                LanceIndex::IvfPq(b)
-            }
-            IndexType::IvfFlat => {
-                let mut b = IvfFlatIndexBuilder::default().distance_type(distance);
-                if let Some(p) = index.num_partitions {
-                    b = b.num_partitions(p);
-                }
-                LanceIndex::IvfFlat(b)
-            }
-            IndexType::IvfHnswSq => {
-                let mut b = IvfHnswSqIndexBuilder::default().distance_type(distance);
-                if let Some(p) = index.num_partitions {
-                    b = b.num_partitions(p);
-                }
-                LanceIndex::IvfHnswSq(b)
-            }
-            IndexType::IvfHnswPq => {
-                let mut b = IvfHnswPqIndexBuilder::default().distance_type(distance);
-                if let Some(p) = index.num_partitions {
-                    b = b.num_partitions(p);
-                }
-                if let Some(s) = index.num_sub_vectors {
-                    b = b.num_sub_vectors(s);
-                }
-                LanceIndex::IvfHnswPq(b)
-            }
             IndexType::Fts => LanceIndex::FTS(FtsIndexBuilder::default()),
             IndexType::Btree => LanceIndex::BTree(BTreeIndexBuilder::default()),
             IndexType::Bitmap => LanceIndex::Bitmap(BitmapIndexBuilder::default()),
             IndexType::LabelList => LanceIndex::LabelList(LabelListIndexBuilder::default()),
+            other => unreachable!("`{other}` is a vector index kind"),
         };
         t.create_index(&[index.column.as_str()], lance_index)
             .replace(true)
@@ -722,7 +803,7 @@ impl LanceTarget {
                 ),
                 "re-run `lanceferry apply`; the copy is kept and only the index step runs again",
             ))?;
-        Ok(IndexOutcome::Built)
+        Ok(IndexOutcome::Built(index.kind))
     }
 }
 
