@@ -127,9 +127,16 @@ pub struct SourceFacts {
     pub count: u64,
     pub dimension: Option<u32>,
     pub space: String,
-    /// Metadata key → type → records holding it (a full pass over the
-    /// metadata, no vectors; empty when apply would copy nothing).
+    /// Metadata key → type → records holding it, over the records
+    /// `metadata_records` counts (no vectors read; empty when apply would
+    /// copy nothing).
     pub metadata_keys: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Records `metadata_keys` tallied.
+    pub metadata_records: u64,
+    /// Whether those are every record of the collection; `false` for a
+    /// sync found by Chroma's sequence numbers, which tallies the records
+    /// it writes.
+    pub metadata_complete: bool,
 }
 
 /// The state's record of the last apply to this target.
@@ -591,6 +598,8 @@ async fn collection_plan(
                 dimension: None,
                 space: space_name(info.space),
                 metadata_keys: BTreeMap::new(),
+                metadata_records: 0,
+                metadata_complete: false,
             },
             table_facts: None,
             rows_to_copy: Count {
@@ -867,9 +876,9 @@ async fn collection_plan(
             None => metadata_stats(source, c).await?,
         };
         metadata_lint(c, &tally, &mut lint);
-        tally.keys
+        tally
     } else {
-        BTreeMap::new()
+        MetadataTally::default()
     };
     lint::accept(&mut lint, &c.nolint);
     lint.sort_by_key(|f| f.code);
@@ -933,7 +942,9 @@ async fn collection_plan(
             count: info.count,
             dimension: info.dimension,
             space: space_name(space),
-            metadata_keys,
+            metadata_keys: metadata_keys.keys,
+            metadata_records: metadata_keys.records,
+            metadata_complete: metadata_keys.all,
         },
         rows_dropped: (action == Action::Replace && overwrites)
             .then(|| facts.as_ref().map_or(0, |f| f.rows))
@@ -1217,13 +1228,19 @@ fn metadata_lint(c: &Collection, tally: &MetadataTally, lint: &mut Vec<Finding>)
             continue;
         }
         let Some(types) = stats.get(key) else {
-            lint.push(Finding::new(
-                Code::MD102,
+            let text = if tally.all {
                 format!(
-                    "no record of `{}` has `metadata.{key}`: column `{}` would be all null{scope}",
+                    "no record of `{}` has `metadata.{key}`: column `{}` would be all null",
                     c.source, col.name
-                ),
-            ));
+                )
+            } else {
+                format!(
+                    "none of the {} records this sync writes has `metadata.{key}`: column `{}` would be null in their rows",
+                    render::thousands(count),
+                    col.name
+                )
+            };
+            lint.push(Finding::new(Code::MD102, text));
             continue;
         };
         let present: u64 = types.values().sum();

@@ -700,25 +700,21 @@ fn check_indexes(
                 "remove `metric` from this index",
             ));
         }
-        // Each knob, the kinds it applies to (`auto` takes them all: they
-        // apply to whichever kind it chooses, where that kind has them).
+        // Each knob, the kinds it applies to. `auto` takes the IVF knobs
+        // (every kind it may choose has them), not the quantizer's: those
+        // need the kind named.
         let knobs: [(&str, bool, &[IndexType], &str); 5] = [
             (
                 "num_sub_vectors",
                 ix.num_sub_vectors.is_some(),
-                &[IndexType::Auto, IndexType::IvfPq, IndexType::IvfHnswPq],
-                "remove it, or use `type: ivf_pq`",
+                &[IndexType::IvfPq, IndexType::IvfHnswPq],
+                "remove it, or name the kind: `type: ivf_pq`",
             ),
             (
                 "num_bits",
                 ix.num_bits.is_some(),
-                &[
-                    IndexType::Auto,
-                    IndexType::IvfPq,
-                    IndexType::IvfHnswPq,
-                    IndexType::IvfRq,
-                ],
-                "remove it, or use `type: ivf_pq` or `ivf_rq`",
+                &[IndexType::IvfPq, IndexType::IvfHnswPq, IndexType::IvfRq],
+                "remove it, or name the kind: `type: ivf_pq` or `ivf_rq`",
             ),
             (
                 "num_partitions",
@@ -746,7 +742,6 @@ fn check_indexes(
                 } else {
                     kinds
                         .iter()
-                        .filter(|k| **k != IndexType::Auto)
                         .map(|k| format!("`{k}`"))
                         .collect::<Vec<_>>()
                         .join(", ")

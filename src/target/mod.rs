@@ -596,14 +596,20 @@ impl LanceTarget {
         let Ok(then) = latest.checkout_version(base).await else {
             return Ok(false);
         };
+        // A fragment kept since `base`: the same data and overlay files,
+        // and no fewer deleted rows (a restore could bring an old row
+        // back into it). Anything unknown counts as written since.
+        let before: std::collections::HashMap<u64, &lance::table::format::Fragment> =
+            then.manifest.fragments.iter().map(|f| (f.id, f)).collect();
+        let deleted = |f: &lance::table::format::Fragment| match &f.deletion_file {
+            None => Some(0),
+            Some(d) => d.num_deleted_rows,
+        };
         let same_files = |f: &lance::table::format::Fragment| {
-            then.manifest.fragments.iter().any(|b| {
-                b.id == f.id
-                    && b.files
-                        .iter()
-                        .map(|d| &d.path)
-                        .eq(f.files.iter().map(|d| &d.path))
-                    && format!("{:?}", b.overlays) == format!("{:?}", f.overlays)
+            before.get(&f.id).is_some_and(|b| {
+                b.files == f.files
+                    && b.overlays == f.overlays
+                    && matches!((deleted(b), deleted(f)), (Some(x), Some(y)) if y >= x)
             })
         };
         let (old, new): (Vec<_>, Vec<_>) = now

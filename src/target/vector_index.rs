@@ -30,6 +30,10 @@ use crate::plan::{Index, IndexType};
 /// LanceDB's defaults for IVF training (`IvfPqIndexBuilder::default()`).
 const DEFAULT_SAMPLE_RATE: u32 = 256;
 const DEFAULT_MAX_ITERATIONS: u32 = 50;
+/// LanceDB's HNSW defaults (`IvfHnswSqIndexBuilder::default()`), which
+/// are not Lance's own (`ef_construction` 150).
+const HNSW_EDGES: usize = 20;
+const HNSW_EF_CONSTRUCTION: usize = 300;
 
 /// What `type: auto` builds on a vector column of `rows` rows of `dim`
 /// dimensions. The measurements behind it are in docs/performance.md
@@ -86,6 +90,11 @@ pub fn params(
         pq.max_iters = max_iterations as usize;
         pq
     };
+    let hnsw = || {
+        HnswBuildParams::default()
+            .num_edges(HNSW_EDGES)
+            .ef_construction(HNSW_EF_CONSTRUCTION)
+    };
     let sq = || SQBuildParams {
         sample_rate: sample_rate as usize,
         ..Default::default()
@@ -101,18 +110,12 @@ pub fn params(
                 .unwrap_or_default();
             VectorIndexParams::with_ivf_rq_params(distance, ivf, rq)
         }
-        IndexType::IvfHnswSq => VectorIndexParams::with_ivf_hnsw_sq_params(
-            distance,
-            ivf,
-            HnswBuildParams::default(),
-            sq(),
-        ),
-        IndexType::IvfHnswPq => VectorIndexParams::with_ivf_hnsw_pq_params(
-            distance,
-            ivf,
-            HnswBuildParams::default(),
-            pq(),
-        ),
+        IndexType::IvfHnswSq => {
+            VectorIndexParams::with_ivf_hnsw_sq_params(distance, ivf, hnsw(), sq())
+        }
+        IndexType::IvfHnswPq => {
+            VectorIndexParams::with_ivf_hnsw_pq_params(distance, ivf, hnsw(), pq())
+        }
         other => unreachable!("`{other}` is not a vector index kind"),
     }
 }
