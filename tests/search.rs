@@ -197,6 +197,60 @@ fn the_default_index_is_chosen_shows_its_stages_and_agrees_with_python() {
 }
 
 #[test]
+fn l2_and_ip_recall_agree_with_an_independent_computation() {
+    // The other two distance spaces, each checked against numpy: `basic`
+    // (l2, 300 records, searched through the default index) and `inner`
+    // (ip, 120 records: too few for an index, so LanceDB searches by
+    // brute force with `dot`).
+    let chroma = common::fixture("1.5.9").join("chroma");
+    for (collection, space, metric, index) in [
+        ("basic", "l2", "l2", Some("IVF_SQ")),
+        ("inner", "ip", "dot", None),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let p = plan(
+            d,
+            &format!("{{ path: {} }}", chroma.display()),
+            collection,
+            "    indexes: [{ column: vector }]\n    validate: { sample: 10, search: { queries: 40, k: 5 } }\n",
+        );
+        let ps = p.to_str().unwrap();
+        let o = run(&["apply", ps, "--auto-approve"]);
+        assert!(o.status.success(), "{collection}: {}", text(&o));
+        let (s, code) = verify_search(ps);
+        assert_eq!(code, Some(0), "{collection}: {s}");
+        assert_eq!(s["space"], space, "{s}");
+        assert_eq!(s["metric"], metric, "{s}");
+        assert_eq!(s["index"].as_str(), index, "{s}");
+        assert_eq!(s["queries"], 40, "{s}");
+        let py = python_recall(&json!({
+            "uri": d.join("lancedb").display().to_string(),
+            "table": collection,
+            "id_column": "id",
+            "vector_column": "vector",
+            "space": space,
+            "metric": metric,
+            "k": 5,
+            "nprobes": null,
+            "refine_factor": null,
+            "ids": s["query_ids"],
+        }));
+        for (ours, theirs) in [
+            ("recall_mean", "mean"),
+            ("recall_worst_decile", "worst_decile"),
+            ("top1_self", "top1_self"),
+        ] {
+            let (a, b) = (s[ours].as_f64().unwrap(), py[theirs].as_f64().unwrap());
+            assert!(
+                (a - b).abs() < 1e-9,
+                "{collection} {ours}: lanceferry {a}, numpy + Python lancedb {b}\n{s}\n{py}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_wrong_metric_fails_validation_and_plan_warns_first() {
     // Gaussian vectors, not unit length, in a cosine collection: ranking
     // them by dot product is not ranking them by cosine.
