@@ -13,6 +13,9 @@
 //! - `sync-deleted:<table>` / `sync-digests:<table>`: in a sync, right
 //!   after the ids gone from the source were deleted, and right after the
 //!   new digests were saved (before the step's record says done);
+//! - `index-stage:<table>.<column>:<stage>`: in the middle of a vector
+//!   index's build, as Lance starts that stage (`train_ivf`, `shuffle`,
+//!   `merge_partitions`, …): its files partly written, nothing committed;
 //! - `shard:<K>@<rows>`: in a sharded apply's worker for shard K, right
 //!   after the batch that brings one table's rows written to `rows` was
 //!   handed to Lance's (uncommitted) writer;

@@ -67,6 +67,25 @@ fn python_recall(params: &Value) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Asserts that lanceferry's search report `s` and the independent
+/// computation `py` agree on each of `fields` (ours, theirs).
+fn assert_agree(label: &str, s: &Value, py: &Value, fields: &[(&str, &str)]) {
+    for (ours, theirs) in fields {
+        let (a, b) = (s[ours].as_f64().unwrap(), py[theirs].as_f64().unwrap());
+        assert!(
+            (a - b).abs() < 1e-9,
+            "{label}{ours}: lanceferry {a}, numpy + Python lancedb {b}\n{s}\n{py}"
+        );
+    }
+}
+
+/// Mean, worst decile and top-1: everything the two computations share.
+const ALL_FIELDS: &[(&str, &str)] = &[
+    ("recall_mean", "mean"),
+    ("recall_worst_decile", "worst_decile"),
+    ("top1_self", "top1_self"),
+];
+
 #[test]
 fn recall_agrees_with_an_independent_computation() {
     let chroma = common::large_fixture(3000, 32);
@@ -117,17 +136,7 @@ fn recall_agrees_with_an_independent_computation() {
         "refine_factor": 2,
         "ids": ids,
     }));
-    for (ours, theirs) in [
-        ("recall_mean", "mean"),
-        ("recall_worst_decile", "worst_decile"),
-        ("top1_self", "top1_self"),
-    ] {
-        let (a, b) = (s[ours].as_f64().unwrap(), py[theirs].as_f64().unwrap());
-        assert!(
-            (a - b).abs() < 1e-9,
-            "{ours}: lanceferry {a}, numpy + Python lancedb {b}\n{s}\n{py}"
-        );
-    }
+    assert_agree("", &s, &py, ALL_FIELDS);
     assert!(s["recall_mean"].as_f64().unwrap() > 0.0, "{s}");
 }
 
@@ -179,13 +188,12 @@ fn the_default_index_is_chosen_shows_its_stages_and_agrees_with_python() {
         "refine_factor": null,
         "ids": s["query_ids"],
     }));
-    for (ours, theirs) in [("recall_mean", "mean"), ("top1_self", "top1_self")] {
-        let (a, b) = (s[ours].as_f64().unwrap(), py[theirs].as_f64().unwrap());
-        assert!(
-            (a - b).abs() < 1e-9,
-            "{ours}: lanceferry {a}, numpy + Python lancedb {b}\n{s}\n{py}"
-        );
-    }
+    assert_agree(
+        "",
+        &s,
+        &py,
+        &[("recall_mean", "mean"), ("top1_self", "top1_self")],
+    );
     assert!(s["recall_mean"].as_f64().unwrap() > 0.8, "{s}");
 
     // A re-apply keeps the index `auto` built: nothing changed, so nothing
@@ -236,18 +244,68 @@ fn l2_and_ip_recall_agree_with_an_independent_computation() {
             "refine_factor": null,
             "ids": s["query_ids"],
         }));
-        for (ours, theirs) in [
-            ("recall_mean", "mean"),
-            ("recall_worst_decile", "worst_decile"),
-            ("top1_self", "top1_self"),
-        ] {
-            let (a, b) = (s[ours].as_f64().unwrap(), py[theirs].as_f64().unwrap());
-            assert!(
-                (a - b).abs() < 1e-9,
-                "{collection} {ours}: lanceferry {a}, numpy + Python lancedb {b}\n{s}\n{py}"
-            );
-        }
+        assert_agree(&format!("{collection} "), &s, &py, ALL_FIELDS);
     }
+}
+
+#[test]
+fn a_kill_in_the_middle_of_an_index_build_and_a_missing_target_lose_nothing() {
+    let chroma = common::large_fixture(3000, 32);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = plan(
+        d,
+        &format!("{{ path: {} }}", chroma.display()),
+        LARGE,
+        "    indexes: [{ column: vector }]\n    validate: { sample: 100, search: { queries: 20, k: 10 } }\n",
+    );
+    let ps = p.to_str().unwrap();
+    // Killed while Lance shuffles rows into partitions: index files partly
+    // written, nothing committed.
+    let point = "index-stage:canvas_explanations.vector:shuffle";
+    let o = assert_cmd::Command::cargo_bin("lanceferry")
+        .unwrap()
+        .args(["apply", ps, "--auto-approve"])
+        .env("LANCEFERRY_FAILPOINT", point)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("failpoint: killed at `{point}`")),
+        "{t}"
+    );
+
+    // The target gone while the apply is resumed: refused with a hint,
+    // and the copy kept for when it is back.
+    let away = d.join("lancedb.away");
+    std::fs::rename(d.join("lancedb"), &away).unwrap();
+    let o = run(&["apply", ps, "--auto-approve"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("index:canvas_explanations:vector:auto")
+            && t.contains("hint: the table disappeared meanwhile"),
+        "the index step fails, naming what to do: {t}"
+    );
+    // (Connecting to a local target makes its directory: an empty one.)
+    if d.join("lancedb").exists() {
+        std::fs::remove_dir_all(d.join("lancedb")).unwrap();
+    }
+    std::fs::rename(&away, d.join("lancedb")).unwrap();
+
+    // Back: the resume builds the index once, and everything checks.
+    let o = run(&["apply", ps, "--auto-approve"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("built as `ivf_sq`"), "{t}");
+    assert!(
+        t.contains("completed (resumed)") && !t.contains("rows written"),
+        "the same apply resumed, without copying again: {t}"
+    );
+    let (s, code) = verify_search(ps);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["index"], "IVF_SQ", "{s}");
 }
 
 #[test]

@@ -783,7 +783,7 @@ impl LanceTarget {
                 k => k,
             };
             let params = vector_index::params(kind, index, dim, distance.into());
-            vector_index::build(&t, &index.column, &params, progress)
+            vector_index::build(&t, name, &index.column, &params, progress)
                 .await
                 .map_err(self.err(
                     format!("building a `{kind}` index on `{name}.{}`", index.column),

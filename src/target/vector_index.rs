@@ -129,22 +129,34 @@ pub trait StageProgress: Send + Sync + fmt::Debug {
     fn stage_done(&self, stage: &str);
 }
 
-/// Lance's progress callback, forwarded to a [`StageProgress`].
+/// Lance's progress callback: forwarded to a [`StageProgress`], and the
+/// crash point `index-stage:<table>.<column>:<stage>` (a kill in the middle
+/// of a build, for the tests).
 #[derive(Debug)]
-pub(crate) struct LanceProgress(pub Arc<dyn StageProgress>);
+struct LanceProgress {
+    label: String,
+    to: Option<Arc<dyn StageProgress>>,
+}
 
 #[async_trait::async_trait]
 impl lance::index::IndexBuildProgress for LanceProgress {
     async fn stage_start(&self, stage: &str, total: Option<u64>, unit: &str) -> lance::Result<()> {
-        self.0.stage_start(stage, total, unit);
+        crate::failpoint::hit(&format!("index-stage:{}:{stage}", self.label));
+        if let Some(p) = &self.to {
+            p.stage_start(stage, total, unit);
+        }
         Ok(())
     }
     async fn stage_progress(&self, stage: &str, completed: u64) -> lance::Result<()> {
-        self.0.stage_progress(stage, completed);
+        if let Some(p) = &self.to {
+            p.stage_progress(stage, completed);
+        }
         Ok(())
     }
     async fn stage_complete(&self, stage: &str) -> lance::Result<()> {
-        self.0.stage_done(stage);
+        if let Some(p) = &self.to {
+            p.stage_done(stage);
+        }
         Ok(())
     }
 }
@@ -153,6 +165,7 @@ impl lance::index::IndexBuildProgress for LanceProgress {
 /// dataset, and hands the new version to LanceDB's handle.
 pub(crate) async fn build(
     table: &lancedb::Table,
+    name: &str,
     column: &str,
     params: &VectorIndexParams,
     progress: Option<Arc<dyn StageProgress>>,
@@ -162,13 +175,13 @@ pub(crate) async fn build(
         .expect("a local or object-store LanceDB table is a native table");
     let mut ds = (*wrapper.get().await?).clone();
     let columns = [column];
-    let mut b = ds
-        .create_index_builder(&columns, lance_index::IndexType::Vector, params)
-        .replace(true);
-    if let Some(p) = progress {
-        b = b.progress(Arc::new(LanceProgress(p)));
-    }
-    b.await?;
+    ds.create_index_builder(&columns, lance_index::IndexType::Vector, params)
+        .replace(true)
+        .progress(Arc::new(LanceProgress {
+            label: format!("{name}.{column}"),
+            to: progress,
+        }))
+        .await?;
     wrapper.update(ds);
     Ok(())
 }
