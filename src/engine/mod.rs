@@ -748,12 +748,7 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
         && c.validate.sample == crate::plan::SampleSize::All
         && let Some(now) = current
         && let Some(check) = {
-            let base = ctx
-                .sync_base
-                .lock()
-                .expect("sync base lock")
-                .get(table)
-                .cloned();
+            let base = ctx.sync_base.lock().expect("sync base lock").remove(table);
             sync::validate_by_digests(&ctx.target, c, &ctx.store.dir, now, base.as_ref()).await?
         }
     {
@@ -782,7 +777,7 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
         };
         // Every row matched: the next sync's validation starts here.
         if rows_ok {
-            sync::mark_checked(&ctx.store.dir, table, now.version)?;
+            sync::mark_checked(&ctx.store.dir, table, check.digests)?;
         }
         let m2 = message.clone();
         ctx.update(&StepKey::validate(table), |r| {

@@ -94,12 +94,14 @@ pub struct SyncBase {
     pub old: Digests,
 }
 
-/// How validation by digests went: the breaches (none: it passed), and
-/// what was read, for the report.
+/// How validation by digests went: the breaches (none: it passed), what
+/// was read, for the report, and the digests the rows were checked
+/// against.
 #[derive(Debug)]
 pub struct DigestCheck {
     pub breaches: Vec<String>,
     pub how: String,
+    pub digests: Digests,
 }
 
 /// Validation after a sync, without reading the source again: the table's
@@ -127,79 +129,17 @@ pub async fn validate_by_digests(
     if !saved.from_source || saved.version != now.version {
         return Ok(None);
     }
-    let names: Vec<&str> = c.columns.iter().map(|col| col.name.as_str()).collect();
-    let id = id_index(c);
-    let mut seen: Vec<u64> = Vec::with_capacity(now.rows as usize);
-    let mut differ = 0u64;
-    let mut how = String::new();
-    if let Some(base) = base.filter(|b| b.version < now.version) {
-        let (mut fresh, mut kept) = (0u64, 0u64);
-        let read = target
-            .scan_since(
-                &c.table,
-                base.version,
-                now.version,
-                &names,
-                names[id],
-                |b, is_new| {
-                    if is_new {
-                        for (h, d) in digest::row_digests(b, id) {
-                            fresh += 1;
-                            seen.push(h);
-                            differ += u64::from(saved.get(h).is_some_and(|s| s != d));
-                        }
-                        return;
-                    }
-                    let ids =
-                        crate::target::string_values(b.column(0).as_ref()).unwrap_or_default();
-                    for rid in ids {
-                        let h = crate::hash::id_hash(rid.unwrap_or(""));
-                        kept += 1;
-                        seen.push(h);
-                        if let Some(now) = saved.get(h) {
-                            differ += u64::from(base.old.get(h) != Some(now));
-                        }
-                    }
-                },
-            )
-            .await?;
-        if read {
-            how = format!(
-                "the {fresh} rows written since version {} digested, the other {kept} unchanged since checked there (same Lance files): every value, bit for bit",
-                base.version
-            );
-        } else {
-            (seen, differ) = (Vec::new(), 0);
+    let since = match base.filter(|b| b.version < now.version) {
+        Some(b) => read_since(target, c, &saved, b, now).await?,
+        None => None,
+    };
+    let (mut seen, differ, how) = match since {
+        Some(read) => read,
+        None => {
+            let (seen, differ) = read_all(target, c, &saved, now).await?;
+            (seen, differ, "digests: all values, bit for bit".to_string())
         }
-    }
-    if how.is_empty() {
-        // Digested on blocking threads, a few batches at a time, while
-        // Lance decodes the next ones: both cores work.
-        let table = c.table.clone();
-        let mut digests = target
-            .batches(&c.table, Some(now.version), &names)
-            .await?
-            .map(|b| {
-                let table = table.clone();
-                async move {
-                    let b = b?;
-                    tokio::task::spawn_blocking(move || digest::row_digests(&b, id))
-                        .await
-                        .map_err(|e| StepError::Internal {
-                            what: format!("digesting the rows of `{table}`"),
-                            reason: e.to_string(),
-                        })
-                }
-            })
-            .buffered(DIGEST_IN_FLIGHT);
-        while let Some(pairs) = digests.try_next().await? {
-            for (h, d) in pairs {
-                seen.push(h);
-                differ += u64::from(saved.get(h).is_some_and(|s| s != d));
-            }
-        }
-        how = "digests: all values, bit for bit".into();
-    }
+    };
     let rows = seen.len() as u64;
     seen.sort_unstable();
     seen.dedup();
@@ -232,24 +172,116 @@ pub async fn validate_by_digests(
             "values: {differ} rows differ from their source record"
         ));
     }
-    Ok(Some(DigestCheck { breaches, how }))
+    Ok(Some(DigestCheck {
+        breaches,
+        how,
+        digests: saved,
+    }))
 }
 
-/// Marks the saved digests of a table as checked at `version` (every row
-/// of the table there matched them): the next sync's validation starts
-/// from there.
+/// The rows of `now` read against `base` ([`LanceTarget::scan_since`]):
+/// the id hash of every row, the rows whose values differ from their
+/// source record's saved digest, and what was read. `None` when the base
+/// version is gone.
+async fn read_since(
+    target: &LanceTarget,
+    c: &Collection,
+    saved: &Digests,
+    base: &SyncBase,
+    now: TableVersion,
+) -> Result<Option<(Vec<u64>, u64, String)>, StepError> {
+    let names: Vec<&str> = c.columns.iter().map(|col| col.name.as_str()).collect();
+    let id = id_index(c);
+    let mut seen: Vec<u64> = Vec::with_capacity(now.rows as usize);
+    let (mut differ, mut fresh, mut kept) = (0u64, 0u64, 0u64);
+    let read = target
+        .scan_since(
+            &c.table,
+            base.version,
+            now.version,
+            &names,
+            names[id],
+            |b, is_new| {
+                if is_new {
+                    for (h, d) in digest::row_digests(b, id) {
+                        fresh += 1;
+                        seen.push(h);
+                        differ += u64::from(saved.get(h).is_some_and(|s| s != d));
+                    }
+                    return;
+                }
+                let ids = crate::target::string_values(b.column(0).as_ref()).unwrap_or_default();
+                for rid in ids {
+                    let h = crate::hash::id_hash(rid.unwrap_or(""));
+                    kept += 1;
+                    seen.push(h);
+                    if let Some(now) = saved.get(h) {
+                        differ += u64::from(base.old.get(h) != Some(now));
+                    }
+                }
+            },
+        )
+        .await?;
+    Ok(read.then(|| {
+        let how = format!(
+            "the {fresh} rows written since version {} digested, the other {kept} unchanged since checked there (same Lance files): every value, bit for bit",
+            base.version
+        );
+        (seen, differ, how)
+    }))
+}
+
+/// Every row of `now` digested (on blocking threads, a few batches at a
+/// time, while Lance decodes the next ones: both cores work): the id hash
+/// of every row, and the rows whose values differ from their source
+/// record's saved digest.
+async fn read_all(
+    target: &LanceTarget,
+    c: &Collection,
+    saved: &Digests,
+    now: TableVersion,
+) -> Result<(Vec<u64>, u64), StepError> {
+    let names: Vec<&str> = c.columns.iter().map(|col| col.name.as_str()).collect();
+    let id = id_index(c);
+    let table = c.table.clone();
+    let mut digests = target
+        .batches(&c.table, Some(now.version), &names)
+        .await?
+        .map(|b| {
+            let table = table.clone();
+            async move {
+                let b = b?;
+                tokio::task::spawn_blocking(move || digest::row_digests(&b, id))
+                    .await
+                    .map_err(|e| StepError::Internal {
+                        what: format!("digesting the rows of `{table}`"),
+                        reason: e.to_string(),
+                    })
+            }
+        })
+        .buffered(DIGEST_IN_FLIGHT);
+    let mut seen: Vec<u64> = Vec::with_capacity(now.rows as usize);
+    let mut differ = 0u64;
+    while let Some(pairs) = digests.try_next().await? {
+        for (h, d) in pairs {
+            seen.push(h);
+            differ += u64::from(saved.get(h).is_some_and(|s| s != d));
+        }
+    }
+    Ok((seen, differ))
+}
+
+/// Saves a table's digests marked as checked (every row of the table at
+/// their version matched them): the next sync's validation starts from
+/// there.
 pub fn mark_checked(
     state_dir: &std::path::Path,
     table: &str,
-    version: u64,
+    mut d: Digests,
 ) -> Result<(), StepError> {
-    let path = digest::path(state_dir, table);
-    if let Some(mut d) = digest::load(&path)
-        && d.version == version
-        && !d.checked
-    {
+    if !d.checked {
         d.checked = true;
-        digest::save(&path, &d)?;
+        digest::save(&digest::path(state_dir, table), &d)?;
     }
     Ok(())
 }
