@@ -454,7 +454,7 @@ fn validation_by_digests_finds_a_row_that_differs() {
     let mut bytes = std::fs::read(&digests).unwrap();
     // Header 40 bytes, then (id hash, digest) pairs (a JSON Lines source
     // has no sequence numbers): flip the first digest.
-    assert_eq!(&bytes[..8], b"LFDIGST4");
+    assert_eq!(&bytes[..8], b"LFDIGST5");
     bytes[40 + 8] ^= 0xff;
     std::fs::write(&digests, bytes).unwrap();
     let o = run(&["apply", ps, "--auto-approve"]);

@@ -254,37 +254,34 @@ impl CollectionCtx {
     }
 
     /// Appends record `id` to `batch`: its fields, and (under
-    /// [`Vectors::Read`]) its vector.
+    /// [`Vectors::Read`]) its vector from the queue overlay or the HNSW
+    /// files.
     fn push_record(
         &self,
         batch: &mut SourceBatch,
         id: String,
         fields: Fields,
-        page: Option<&PageVectors>,
     ) -> Result<(), SourceError> {
         if self.vectors == Vectors::Read {
-            self.push_vector(batch, &id, page)?;
+            self.push_vector(&mut batch.embeddings, batch.dim, &id, None)?;
         }
-        let metadata = (!fields.metadata.is_empty()).then_some(fields.metadata);
-        batch.ids.push(id);
-        batch.documents.push(fields.document);
-        batch.uris.push(fields.uri);
-        batch.metadatas.push(metadata);
+        push_fields(batch, id, fields);
         Ok(())
     }
 
-    /// Appends the vector of record `id` to `batch`: from the queue
+    /// Appends the vector of record `id` to `out`: from the queue
     /// overlay, from `page` (the page's slots, read in bulk) or, failing
     /// those, from the HNSW files directly.
     fn push_vector(
         &self,
-        batch: &mut SourceBatch,
+        out: &mut Vec<f32>,
+        dim: usize,
         id: &str,
         page: Option<&PageVectors>,
     ) -> Result<(), SourceError> {
-        let before = batch.embeddings.len();
+        let before = out.len();
         match self.overlay.vectors.get(id) {
-            Some(Some(v)) => batch.embeddings.extend_from_slice(v),
+            Some(Some(v)) => out.extend_from_slice(v),
             Some(None) => {
                 return Err(self
                     .place
@@ -294,12 +291,12 @@ impl CollectionCtx {
                 let found = match &self.hnsw {
                     Some(h) => {
                         let in_page = match (page, h.label_of(id)?) {
-                            (Some(v), Some(label)) => h.likely_slot(label).is_some_and(|slot| {
-                                h.vector_in(v, slot, label, &mut batch.embeddings)
-                            }),
+                            (Some(v), Some(label)) => h
+                                .likely_slot(label)
+                                .is_some_and(|slot| h.vector_in(v, slot, label, out)),
                             _ => false,
                         };
-                        in_page || h.vector(id, &mut batch.embeddings)?
+                        in_page || h.vector(id, out)?
                     }
                     None => false,
                 };
@@ -310,104 +307,182 @@ impl CollectionCtx {
                 }
             }
         }
-        if batch.embeddings.len() - before != batch.dim {
+        if out.len() - before != dim {
             return Err(self.place.corrupt(format!(
-                "record `{id}` has a vector of dimension {}, the collection has {}",
-                batch.embeddings.len() - before,
-                batch.dim
+                "record `{id}` has a vector of dimension {}, the collection has {dim}",
+                out.len() - before,
             )));
         }
         Ok(())
     }
 
+    /// The vectors of a page's records (`ids`, in order), back to back:
+    /// the page's slots are read in a few large reads (sorted and cut into
+    /// runs without big gaps: records written together sit in nearby
+    /// slots, though not always in row order) into `buf`, reused page
+    /// after page.
+    fn page_vectors(
+        &self,
+        h: &Hnsw,
+        ids: &[String],
+        buf: &mut PageVectors,
+    ) -> Result<Vec<f32>, SourceError> {
+        let labels = h.labels()?;
+        // Check one guess first: where labels are scattered (1.x) the map
+        // is built now, before a page of wrong slots is read.
+        if let Some(l) = ids.iter().find_map(|id| labels.get(id)) {
+            h.find_slot(*l as u64)?;
+        }
+        let mut slots: Vec<u64> = ids
+            .iter()
+            .filter(|id| !self.overlay.vectors.contains_key(*id))
+            .filter_map(|id| labels.get(id).and_then(|l| h.likely_slot(*l as u64)))
+            .collect();
+        slots.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for s in slots {
+            match runs.last_mut() {
+                Some((_, hi)) if s <= *hi + 8 => *hi = s,
+                _ => runs.push((s, s)),
+            }
+        }
+        h.read_runs(&runs, buf)?;
+        let dim = self.batch_dim();
+        let mut out = Vec::with_capacity(ids.len() * dim);
+        for id in ids {
+            self.push_vector(&mut out, dim, id, Some(buf))?;
+        }
+        Ok(out)
+    }
+
+    /// The next page of live records after rowid `last` (advanced);
+    /// `None` once the pages are done.
+    fn next_page(
+        &self,
+        conn: &Connection,
+        last: &mut i64,
+        size: usize,
+        done: bool,
+    ) -> Result<Option<PageRecords>, SourceError> {
+        if done {
+            return Ok(None);
+        }
+        let page = pages::page(conn, &self.dir, &self.meta.metadata_segment, *last, size)?;
+        let Some((l, _)) = page.last() else {
+            return Ok(None);
+        };
+        *last = *l;
+        let mut ids = Vec::with_capacity(page.len());
+        let mut fields = Vec::with_capacity(page.len());
+        for (rowid, id) in page {
+            match self.overlay.fields.get(&id) {
+                Some(None) => continue, // deleted in the queue
+                Some(Some(f)) => fields.push(Ok(f.clone())),
+                None => fields.push(Err(rowid)),
+            }
+            ids.push(id);
+        }
+        Ok(Some((ids, fields)))
+    }
+
+    /// The fields of a page from [`CollectionCtx::next_page`]: the
+    /// queue's, or SQLite's read for the rest in one go.
+    fn page_fields(
+        &self,
+        conn: &Connection,
+        page: Vec<Result<Fields, i64>>,
+    ) -> Result<Vec<Fields>, SourceError> {
+        let rowids: Vec<i64> = page
+            .iter()
+            .filter_map(|f| f.as_ref().err().copied())
+            .collect();
+        let mut sqlite = pages::fields(conn, &self.dir, self.arrays, &rowids)?;
+        Ok(page
+            .into_iter()
+            .map(|f| f.unwrap_or_else(|rowid| sqlite.remove(&rowid).unwrap_or_default()))
+            .collect())
+    }
+
     /// Every live record, in batches of `batch_size`: with vectors, or
     /// without them (dimension 0) as the context was loaded.
+    ///
+    /// With vectors from HNSW files, a second thread reads each page's
+    /// vectors while this one reads its metadata from SQLite (about as
+    /// long each: a copy from a directory waits on this reader), up to
+    /// two pages ahead.
     pub(super) fn read(
         &self,
         conn: &Connection,
         batch_size: usize,
         sink: &mut dyn FnMut(SourceBatch) -> bool,
     ) -> Result<(), SourceError> {
-        let dim = self.batch_dim();
-        let mut batch = SourceBatch::with_capacity(batch_size, dim);
-        let mut last = i64::MIN;
-        let mut vectors = PageVectors::default();
-        loop {
-            let page = pages::page(
-                conn,
-                &self.dir,
-                &self.meta.metadata_segment,
-                last,
-                batch_size,
-            )?;
-            let Some((l, _)) = page.last() else { break };
-            last = *l;
-            let needs_sqlite: Vec<i64> = page
-                .iter()
-                .filter(|(_, id)| !self.overlay.fields.contains_key(id))
-                .map(|(rowid, _)| *rowid)
-                .collect();
-            let mut fields = pages::fields(conn, &self.dir, self.arrays, &needs_sqlite)?;
-            // The page's vectors in a few large reads: slots sorted and cut
-            // into runs without big gaps (records written together sit in
-            // nearby slots, though not always in row order). Under
-            // `Vectors::Skip` there are no HNSW files open.
-            if let Some(h) = &self.hnsw {
-                let labels = h.labels()?;
-                // Check one guess first: where labels are scattered (1.x)
-                // the map is built now, before a page of wrong slots is read.
-                if let Some(l) = page.iter().find_map(|(_, id)| labels.get(id)) {
-                    h.find_slot(*l as u64)?;
-                }
-                let mut slots: Vec<u64> = page
-                    .iter()
-                    .filter(|(_, id)| !self.overlay.vectors.contains_key(id))
-                    .filter_map(|(_, id)| labels.get(id).and_then(|l| h.likely_slot(*l as u64)))
-                    .collect();
-                slots.sort_unstable();
-                let mut runs: Vec<(u64, u64)> = Vec::new();
-                for s in slots {
-                    match runs.last_mut() {
-                        Some((_, hi)) if s <= *hi + 8 => *hi = s,
-                        _ => runs.push((s, s)),
+        let mut out = Batches::new(batch_size, self.batch_dim(), sink);
+        let hnsw = self.hnsw.as_ref().filter(|_| self.vectors == Vectors::Read);
+        std::thread::scope(|scope| {
+            // Pages out (their records' ids), vectors back, in order.
+            let mut vectors = hnsw.map(|h| {
+                let (ask, asked) = std::sync::mpsc::sync_channel::<Vec<String>>(2);
+                let (give, given) = std::sync::mpsc::sync_channel(2);
+                scope.spawn(move || {
+                    let mut buf = PageVectors::default();
+                    for ids in asked {
+                        let v = self.page_vectors(h, &ids, &mut buf);
+                        let failed = v.is_err();
+                        if give.send((ids, v)).is_err() || failed {
+                            return;
+                        }
                     }
+                });
+                (ask, given)
+            });
+            let mut waiting: std::collections::VecDeque<Vec<Fields>> = Default::default();
+            let mut last = i64::MIN;
+            let mut pages_done = false;
+            loop {
+                match self.next_page(conn, &mut last, batch_size, pages_done)? {
+                    None => pages_done = true,
+                    // The vectors are read while SQLite gives the fields.
+                    Some((ids, queued)) => match &vectors {
+                        Some((ask, _)) => {
+                            // The thread ends only after an error it sends back.
+                            let _ = ask.send(ids);
+                            waiting.push_back(self.page_fields(conn, queued)?);
+                        }
+                        None => {
+                            let fields = self.page_fields(conn, queued)?;
+                            if !out.records(self, ids, fields)? {
+                                return Ok(());
+                            }
+                        }
+                    },
                 }
-                h.read_runs(&runs, &mut vectors)?;
-            }
-            for (rowid, id) in page {
-                let f = match self.overlay.fields.get(&id) {
-                    Some(None) => continue,
-                    Some(Some(f)) => f.clone(),
-                    None => fields.remove(&rowid).unwrap_or_default(),
-                };
-                self.push_record(&mut batch, id, f, Some(&vectors))?;
-                if batch.len() >= batch_size {
-                    let full =
-                        std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
-                    if !sink(full) {
+                let ready = waiting.len() >= 2 || (pages_done && !waiting.is_empty());
+                if let (true, Some((_, given))) = (ready, &mut vectors) {
+                    let fields = waiting.pop_front().expect("a page waits");
+                    let (ids, v) = given.recv().map_err(|_| SourceError::ReaderCrashed {
+                        reason: "the HNSW reader thread stopped".into(),
+                    })?;
+                    if !out.page(ids, fields, v?) {
                         return Ok(());
                     }
                 }
-            }
-        }
-        // Ids written only to the queue have no SQLite row, so the pages
-        // above never yielded them.
-        for id in &self.overlay.queue_only {
-            if let Some(Some(f)) = self.overlay.fields.get(id) {
-                self.push_record(&mut batch, id.clone(), f.clone(), None)?;
-                if batch.len() >= batch_size {
-                    let full =
-                        std::mem::replace(&mut batch, SourceBatch::with_capacity(batch_size, dim));
-                    if !sink(full) {
-                        return Ok(());
-                    }
+                if pages_done && waiting.is_empty() {
+                    break;
                 }
             }
-        }
-        if !batch.is_empty() {
-            sink(batch);
-        }
-        Ok(())
+            // Ids written only to the queue have no SQLite row, so the
+            // pages above never yielded them.
+            vectors.take();
+            for id in &self.overlay.queue_only {
+                if let Some(Some(f)) = self.overlay.fields.get(id)
+                    && !out.records(self, vec![id.clone()], vec![f.clone()])?
+                {
+                    return Ok(());
+                }
+            }
+            out.finish();
+            Ok(())
+        })
     }
 
     /// The ids [`CollectionCtx::read`] would yield, in the same order,
@@ -521,9 +596,99 @@ impl CollectionCtx {
         let base = self.base(conn);
         for id in ids {
             if let Some(f) = self.overlay.fields_of(&base, id)? {
-                self.push_record(&mut batch, id.clone(), f, None)?;
+                self.push_record(&mut batch, id.clone(), f)?;
             }
         }
         Ok(batch)
+    }
+}
+
+/// A page's live records: their ids, and for each the fields the queue
+/// gave it or (`Err`) its rowid, for SQLite's.
+type PageRecords = (Vec<String>, Vec<Result<Fields, i64>>);
+
+/// Appends a record's id, document, uri and metadata to `batch`.
+fn push_fields(batch: &mut SourceBatch, id: String, fields: Fields) {
+    let metadata = (!fields.metadata.is_empty()).then_some(fields.metadata);
+    batch.ids.push(id);
+    batch.documents.push(fields.document);
+    batch.uris.push(fields.uri);
+    batch.metadatas.push(metadata);
+}
+
+/// Records gathered into batches of `size` for the sink.
+struct Batches<'s> {
+    batch: SourceBatch,
+    size: usize,
+    dim: usize,
+    sink: &'s mut dyn FnMut(SourceBatch) -> bool,
+}
+
+impl<'s> Batches<'s> {
+    fn new(size: usize, dim: usize, sink: &'s mut dyn FnMut(SourceBatch) -> bool) -> Self {
+        Batches {
+            batch: SourceBatch::with_capacity(size, dim),
+            size,
+            dim,
+            sink,
+        }
+    }
+
+    /// Hands the batch on once full; false when the sink wants no more.
+    fn flush_full(&mut self) -> bool {
+        if self.batch.len() < self.size {
+            return true;
+        }
+        let full = std::mem::replace(
+            &mut self.batch,
+            SourceBatch::with_capacity(self.size, self.dim),
+        );
+        (self.sink)(full)
+    }
+
+    /// Records whose vectors (if read) come from the overlay or one read
+    /// each.
+    fn records(
+        &mut self,
+        ctx: &CollectionCtx,
+        ids: Vec<String>,
+        fields: Vec<Fields>,
+    ) -> Result<bool, SourceError> {
+        for (id, f) in ids.into_iter().zip(fields) {
+            ctx.push_record(&mut self.batch, id, f)?;
+            if !self.flush_full() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A page's records with their vectors, back to back in `vectors`. A
+    /// page that is a whole batch becomes one without copying its vectors.
+    fn page(&mut self, ids: Vec<String>, fields: Vec<Fields>, vectors: Vec<f32>) -> bool {
+        if self.batch.is_empty() && ids.len() == self.size {
+            self.batch.embeddings = vectors;
+            for (id, f) in ids.into_iter().zip(fields) {
+                push_fields(&mut self.batch, id, f);
+            }
+            return self.flush_full();
+        }
+        for (i, (id, f)) in ids.into_iter().zip(fields).enumerate() {
+            self.batch
+                .embeddings
+                .extend_from_slice(&vectors[i * self.dim..(i + 1) * self.dim]);
+            push_fields(&mut self.batch, id, f);
+            if !self.flush_full() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands on the last, partial batch.
+    fn finish(self) {
+        if !self.batch.is_empty() {
+            (self.sink)(self.batch);
+        }
     }
 }
