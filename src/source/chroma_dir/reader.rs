@@ -263,22 +263,15 @@ impl CollectionCtx {
         fields: Fields,
     ) -> Result<(), SourceError> {
         if self.vectors == Vectors::Read {
-            self.push_vector(&mut batch.embeddings, batch.dim, &id, None)?;
+            self.push_vector(&mut batch.embeddings, batch.dim, &id)?;
         }
         push_fields(batch, id, fields);
         Ok(())
     }
 
     /// Appends the vector of record `id` to `out`: from the queue
-    /// overlay, from `page` (the page's slots, read in bulk) or, failing
-    /// those, from the HNSW files directly.
-    fn push_vector(
-        &self,
-        out: &mut Vec<f32>,
-        dim: usize,
-        id: &str,
-        page: Option<&PageVectors>,
-    ) -> Result<(), SourceError> {
+    /// overlay or, failing that, from the HNSW files.
+    fn push_vector(&self, out: &mut Vec<f32>, dim: usize, id: &str) -> Result<(), SourceError> {
         let before = out.len();
         match self.overlay.vectors.get(id) {
             Some(Some(v)) => out.extend_from_slice(v),
@@ -289,15 +282,7 @@ impl CollectionCtx {
             }
             None => {
                 let found = match &self.hnsw {
-                    Some(h) => {
-                        let in_page = match (page, h.label_of(id)?) {
-                            (Some(v), Some(label)) => h
-                                .likely_slot(label)
-                                .is_some_and(|slot| h.vector_in(v, slot, label, out)),
-                            _ => false,
-                        };
-                        in_page || h.vector(id, out)?
-                    }
+                    Some(h) => h.vector(id, out)?,
                     None => false,
                 };
                 if !found {
@@ -320,7 +305,8 @@ impl CollectionCtx {
     /// the page's slots are read in a few large reads (sorted and cut into
     /// runs without big gaps: records written together sit in nearby
     /// slots, though not always in row order) into `buf`, reused page
-    /// after page.
+    /// after page. A record the queue gave a vector, or whose slot did not
+    /// hold its label, goes through [`CollectionCtx::push_vector`].
     fn page_vectors(
         &self,
         h: &Hnsw,
@@ -333,11 +319,16 @@ impl CollectionCtx {
         if let Some(l) = ids.iter().find_map(|id| labels.get(id)) {
             h.find_slot(*l as u64)?;
         }
-        let mut slots: Vec<u64> = ids
+        let places: Vec<Option<(u64, u64)>> = ids
             .iter()
-            .filter(|id| !self.overlay.vectors.contains_key(*id))
-            .filter_map(|id| labels.get(id).and_then(|l| h.likely_slot(*l as u64)))
+            .map(|id| match self.overlay.vectors.contains_key(id) {
+                true => None,
+                false => labels
+                    .get(id)
+                    .and_then(|l| Some((h.likely_slot(*l as u64)?, *l as u64))),
+            })
             .collect();
+        let mut slots: Vec<u64> = places.iter().flatten().map(|(slot, _)| *slot).collect();
         slots.sort_unstable();
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for s in slots {
@@ -349,8 +340,11 @@ impl CollectionCtx {
         h.read_runs(&runs, buf)?;
         let dim = self.batch_dim();
         let mut out = Vec::with_capacity(ids.len() * dim);
-        for id in ids {
-            self.push_vector(&mut out, dim, id, Some(buf))?;
+        for (id, place) in ids.iter().zip(places) {
+            let read = place.is_some_and(|(slot, label)| h.vector_in(buf, slot, label, &mut out));
+            if !read {
+                self.push_vector(&mut out, dim, id)?;
+            }
         }
         Ok(out)
     }
