@@ -713,6 +713,7 @@ async fn build_index(
 }
 
 async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
+    let started = std::time::Instant::now();
     let c = ctx.collection(table);
     let known = ctx
         .skipped
@@ -752,9 +753,16 @@ async fn validate(ctx: &Arc<Ctx>, table: &str) -> Result<(), StepError> {
             sync::validate_by_digests(&ctx.target, c, &ctx.store.dir, now, base.as_ref()).await?
         }
     {
+        let digested = started.elapsed();
         let mut breaches = check.breaches;
         let search =
             crate::verify::search::for_collection(ctx.source.as_ref(), &ctx.target, c).await?;
+        // Where validation's time went, for `-v`.
+        tracing::debug!(
+            "validate:{table}: {:.2} s reading the table against the digests, {:.2} s the search check",
+            digested.as_secs_f64(),
+            (started.elapsed() - digested).as_secs_f64()
+        );
         // Shown in full when it fails (the breach alone leaves out the
         // worst decile and Chroma's recall); otherwise in the message.
         if let Some(s) = search.as_ref().filter(|s| !s.ok()) {

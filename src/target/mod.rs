@@ -603,19 +603,18 @@ impl LanceTarget {
             scan.io_buffer_size(LOCAL_READ_AHEAD);
         }
         let stream = scan.try_into_stream().await.map_err(fail(&action))?;
-        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-        let fail = fail(&action);
+        // In the order asked for, whatever order Lance returns.
+        let schema = lance::io::RecordBatchStream::schema(&stream);
+        let order: Vec<usize> = columns
+            .iter()
+            .map(|c| schema.index_of(c))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(&action)(lance::Error::from(e)))?;
         Ok(stream
-            .map(move |b| {
-                let b = b.map_err(&fail)?;
-                // In the order asked for, whatever order Lance returns.
-                let order = columns
-                    .iter()
-                    .map(|c| b.schema().index_of(c))
-                    .collect::<Result<Vec<_>, _>>()
-                    .and_then(|order| b.project(&order))
-                    .map_err(|e| fail(lance::Error::from(e)))?;
-                Ok(order)
+            .map_err(fail(&action))
+            .map_ok(move |b| {
+                b.project(&order)
+                    .expect("the columns of the stream's own schema")
             })
             .boxed())
     }
