@@ -671,7 +671,7 @@ pub(crate) async fn sync(
     if let Some(d) = known {
         if d.derived {
             ctx.progress.message(&format!(
-                "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, or a write outside lanceferry); derived them from the table",
+                "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, a store from an older lanceferry, or a write outside lanceferry); derived them from the table",
                 now.version
             ));
         }
@@ -698,7 +698,7 @@ pub(crate) async fn sync(
     let sequences = ctx.source.sequences(&c.source).await?;
     if derived {
         ctx.progress.message(&format!(
-            "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, or a write outside lanceferry); derived them from the table",
+            "sync `{table}`: the recorded digests do not describe version {} of the table (first sync, an interrupted one, a store from an older lanceferry, or a write outside lanceferry); derived them from the table",
             now.version
         ));
     }
