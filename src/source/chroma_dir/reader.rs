@@ -356,11 +356,7 @@ impl CollectionCtx {
         conn: &Connection,
         last: &mut i64,
         size: usize,
-        done: bool,
     ) -> Result<Option<PageRecords>, SourceError> {
-        if done {
-            return Ok(None);
-        }
         let page = pages::page(conn, &self.dir, &self.meta.metadata_segment, *last, size)?;
         let Some((l, _)) = page.last() else {
             return Ok(None);
@@ -433,7 +429,11 @@ impl CollectionCtx {
             let mut last = i64::MIN;
             let mut pages_done = false;
             loop {
-                match self.next_page(conn, &mut last, batch_size, pages_done)? {
+                let page = match pages_done {
+                    true => None,
+                    false => self.next_page(conn, &mut last, batch_size)?,
+                };
+                match page {
                     None => pages_done = true,
                     // The vectors are read while SQLite gives the fields.
                     Some((ids, queued)) => match &vectors {
