@@ -357,3 +357,73 @@ fn a_plan_reads_another_tenants_database_from_a_directory() {
         "{err}"
     );
 }
+
+/// Every record `read_sync` yields from `dir`'s `name`, in order, with its
+/// vector; and the error that ended the read, if one did.
+fn read_all(
+    dir: &ChromaDir,
+    name: &str,
+    batch: usize,
+) -> (Vec<(String, Vec<f32>)>, Option<String>) {
+    let mut got = Vec::new();
+    let mut err = None;
+    dir.read_sync(name, batch, |b| match b {
+        Ok(b) => {
+            for (i, id) in b.ids.iter().enumerate() {
+                got.push((
+                    id.clone(),
+                    b.embeddings[i * b.dim..(i + 1) * b.dim].to_vec(),
+                ));
+            }
+            true
+        }
+        Err(e) => {
+            err = Some(e.to_string());
+            false
+        }
+    });
+    (got, err)
+}
+
+#[test]
+fn a_damaged_element_mid_file_fails_the_read_in_order_after_whole_pages() {
+    // The vectors of a page are read on a second thread while SQLite gives
+    // the fields: an element whose label was overwritten, two thirds into
+    // `wide` (cosine, 384 dimensions, read in pages of 100), must end the
+    // read with an error naming the record, after the pages before it and
+    // with none of its own page.
+    let fx = common::fixture("1.5.9");
+    let (clean, err) = read_all(&ChromaDir::open(fx.join("chroma")).unwrap(), "wide", 100);
+    assert!(err.is_none(), "{err:?}");
+    let (_tmp, dir) = corrupted_copy(|root| {
+        let seg = vector_segment(root, "wide");
+        let header = std::fs::read(seg.join("header.bin")).unwrap();
+        let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().unwrap());
+        let (count, spe, label_at) = (u64_at(20), u64_at(28), u64_at(36));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(seg.join("data_level0.bin"))
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&u64::MAX.to_le_bytes(), count * 2 / 3 * spe + label_at)
+            .unwrap();
+    });
+    let (got, err) = read_all(&dir, "wide", 100);
+    let err = err.expect("the damaged element fails the read");
+    let (at, (id, _)) = clean
+        .iter()
+        .enumerate()
+        .find(|(_, (id, _))| err.contains(&format!("`{id}`")))
+        .unwrap_or_else(|| panic!("the error names a record of `wide`: {err}"));
+    assert!(err.contains("no vector") && err.contains("hint:"), "{err}");
+    assert!(
+        got.len() >= 100 && got.len() <= at && at - got.len() < 100,
+        "{} records yielded before the error at record {at} (`{id}`), pages of 100",
+        got.len()
+    );
+    assert_eq!(
+        got,
+        clean[..got.len()],
+        "what came before the error is intact"
+    );
+}

@@ -24,8 +24,31 @@ use lancedb::table::AddDataMode;
 use crate::plan::{DistanceSpace, Index, IndexType, Metric, Target};
 
 /// How far a scan of a local table reads ahead of its consumer
-/// ([`LanceTarget::batches`]).
+/// ([`LanceTarget::scan`]).
 pub const LOCAL_READ_AHEAD: u64 = 64 << 20;
+
+/// About how many bytes of rows a scan batch holds ([`LanceTarget::scan`]).
+pub const SCAN_BATCH_BYTES: usize = 2 << 20;
+
+/// Rows per scan batch: [`SCAN_BATCH_BYTES`] over the width of a row of
+/// `columns` (a variable-width value counted as 64 bytes), between 128
+/// and Lance's default of 8,192.
+fn scan_batch_rows(schema: &arrow_schema::Schema, columns: &[&str]) -> usize {
+    fn width(t: &arrow_schema::DataType) -> usize {
+        match t {
+            arrow_schema::DataType::FixedSizeList(f, n) => {
+                (*n).max(0) as usize * width(f.data_type())
+            }
+            t => t.primitive_width().unwrap_or(64),
+        }
+    }
+    let row: usize = columns
+        .iter()
+        .filter_map(|c| schema.field_with_name(c).ok())
+        .map(|f| width(f.data_type()))
+        .sum();
+    (SCAN_BATCH_BYTES / row.max(1)).clamp(128, 8192)
+}
 
 /// Small fragments (under 100,000 rows, LanceDB's own measure) a table may
 /// gather from syncs before they are compacted.
@@ -561,14 +584,7 @@ impl LanceTarget {
 
     /// The table's rows (at `version`, or the latest), `columns` only (in
     /// that order), as a stream of batches: a consumer may work on one
-    /// batch while Lance decodes the next.
-    ///
-    /// On a local disk Lance reads at most [`LOCAL_READ_AHEAD`] ahead of
-    /// the consumer instead of its 2 GiB default: a whole table read ahead
-    /// lands in fresh memory, page-faulted in 4 KiB at a time (a tenth of
-    /// a validation's CPU), and gains nothing on a disk that answers in
-    /// microseconds. An object store keeps Lance's default, whose many
-    /// requests in flight hide its latency.
+    /// batch while Lance decodes the next ([`LanceTarget::scan`]).
     pub async fn batches(
         &self,
         name: &str,
@@ -597,21 +613,51 @@ impl LanceTarget {
             .get()
             .await
             .map_err(self.err(action.clone(), hint))?;
+        let stream = self.scan(&ds, None, columns).await.map_err(fail(&action))?;
+        Ok(stream.map_err(fail(&action)).boxed())
+    }
+
+    /// A scan of `ds` (of `fragments` only, if given), `columns` only and
+    /// in that order, whatever order Lance returns them in.
+    ///
+    /// Batches of about [`SCAN_BATCH_BYTES`]: Lance decodes a batch that
+    /// spans pages page by page and concatenates the pieces, a second copy
+    /// of every byte (a fifth of a validation's CPU at its default of 8,192
+    /// rows of 1,536-dimension vectors, 50 MB a batch). Its pages hold at
+    /// least 8 MiB of a column, so a batch of a quarter of that rarely
+    /// spans two.
+    ///
+    /// On a local disk Lance reads at most [`LOCAL_READ_AHEAD`] ahead of
+    /// the consumer instead of its 2 GiB default: a whole table read ahead
+    /// lands in fresh memory, page-faulted in 4 KiB at a time (a tenth of
+    /// a validation's CPU), and gains nothing on a disk that answers in
+    /// microseconds. An object store keeps Lance's default, whose many
+    /// requests in flight hide its latency.
+    async fn scan(
+        &self,
+        ds: &lance::Dataset,
+        fragments: Option<Vec<lance::table::format::Fragment>>,
+        columns: &[&str],
+    ) -> Result<BoxStream<'static, Result<RecordBatch, lance::Error>>, lance::Error> {
         let mut scan = ds.scan();
-        scan.project(columns).map_err(fail(&action))?;
+        if let Some(f) = fragments {
+            scan.with_fragments(f);
+        }
+        scan.project(columns)?;
+        scan.batch_size(scan_batch_rows(
+            &arrow_schema::Schema::from(ds.schema()),
+            columns,
+        ));
         if !self.uri.contains("://") {
             scan.io_buffer_size(LOCAL_READ_AHEAD);
         }
-        let stream = scan.try_into_stream().await.map_err(fail(&action))?;
-        // In the order asked for, whatever order Lance returns.
+        let stream = scan.try_into_stream().await?;
         let schema = lance::io::RecordBatchStream::schema(&stream);
         let order: Vec<usize> = columns
             .iter()
             .map(|c| schema.index_of(c))
-            .collect::<Result<_, _>>()
-            .map_err(|e| fail(&action)(lance::Error::from(e)))?;
+            .collect::<Result<_, _>>()?;
         Ok(stream
-            .map_err(fail(&action))
             .map_ok(move |b| {
                 b.project(&order)
                     .expect("the columns of the stream's own schema")
@@ -680,18 +726,8 @@ impl LanceTarget {
             if frags.is_empty() {
                 continue;
             }
-            let mut scan = now.scan();
-            scan.with_fragments(frags);
-            scan.project(&cols).map_err(read)?;
-            let mut stream = scan.try_into_stream().await.map_err(read)?;
+            let mut stream = self.scan(&now, Some(frags), &cols).await.map_err(read)?;
             while let Some(b) = stream.try_next().await.map_err(read)? {
-                // In the order asked for, whatever order Lance returns.
-                let order: Vec<usize> = cols
-                    .iter()
-                    .map(|c| b.schema().index_of(c))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| read(lance::Error::from(e)))?;
-                let b = b.project(&order).map_err(|e| read(lance::Error::from(e)))?;
                 each(&b, is_new);
             }
         }
@@ -875,6 +911,24 @@ impl LanceTarget {
 mod tests {
     use super::*;
     use arrow_array::{LargeStringArray, StringArray};
+
+    #[test]
+    fn scan_batches_hold_about_two_mebibytes_of_the_columns_read() {
+        use arrow_schema::{DataType, Field, Schema};
+        let item = std::sync::Arc::new(Field::new("item", DataType::Float32, true));
+        let schema = Schema::new(vec![
+            Field::new("vector", DataType::FixedSizeList(item, 1536), true),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]);
+        // 1,536 × 4 + 64 + 8 bytes a row.
+        assert_eq!(scan_batch_rows(&schema, &["vector", "id", "n"]), 337);
+        // Narrow rows: Lance's default, not a million rows a batch.
+        assert_eq!(scan_batch_rows(&schema, &["n"]), 8192);
+        // Only the columns read count; an unknown one counts for nothing.
+        assert_eq!(scan_batch_rows(&schema, &["id", "nope"]), 8192);
+        assert_eq!(scan_batch_rows(&schema, &["vector"]), 341);
+    }
 
     #[test]
     fn an_id_filter_quotes_every_id_to_match_itself_only() {

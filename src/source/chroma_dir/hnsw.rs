@@ -318,6 +318,49 @@ impl Hnsw {
         }
     }
 
+    /// Gets ready to read vectors: reads the pickle's id → label map and,
+    /// where labels are not in their usual slots, the label → slot map.
+    /// Each takes tens of milliseconds at 100,000 records and neither
+    /// needs the other, so they run on two threads at once, before the
+    /// first page is read.
+    pub(super) fn prepare(&self) -> Result<(), SourceError> {
+        std::thread::scope(|s| {
+            let slots = s.spawn(|| self.map_if_scattered());
+            let labels = self.labels().map(|_| ());
+            let slots = slots.join().unwrap_or_else(|panic| {
+                Err(SourceError::ReaderCrashed {
+                    reason: crate::source::panic_text(&panic),
+                })
+            });
+            labels.and(slots)
+        })
+    }
+
+    /// Builds the slot map unless the first, middle and last live
+    /// elements hold labels 1, 2, 3… in slot order (Chroma 0.x, and 1.x
+    /// collections written a record at a time). 1.x adds a batch's records
+    /// on several threads, which scatters their labels over the batch's
+    /// slots. A guess that still fails later builds the map then.
+    fn map_if_scattered(&self) -> Result<(), SourceError> {
+        if self.cur_count == 0 {
+            return Ok(());
+        }
+        let mut element = vec![0u8; self.size_per_element as usize];
+        for slot in [0, self.cur_count / 2, self.cur_count - 1] {
+            self.data
+                .read_exact_at(&mut element, slot * self.size_per_element)
+                .map_err(|e| self.io_err(e))?;
+            match self.live_label(&element) {
+                Some(label) if label != slot + 1 => {
+                    self.slot_map()?;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The label → slot map of every live element, read once, in large
     /// sequential chunks.
     fn slot_map(&self) -> Result<&FastMap<u64, u64>, SourceError> {
@@ -425,87 +468,209 @@ impl Hnsw {
         }
     }
 
-    /// Reads runs of consecutive slots (`first..=last` each) with one read
-    /// of `data_level0.bin` (and, for cosine, one of `length.bin`) per run,
-    /// into `into`'s buffers: records written together sit in nearby slots,
-    /// so a page takes a few large reads instead of two small ones per
-    /// record. The buffers are reused page after page (grown, never zeroed
-    /// again).
-    pub(super) fn read_runs(
+    /// How many unwanted slots between two wanted ones are read (into a
+    /// scratch buffer) rather than skipped with another system call: up to
+    /// a page (4 KiB) of them. None for elements larger than that (high
+    /// dimensions): there, copying a gap costs more than the call it saves,
+    /// and Chroma 1.x scatters a batch's labels over its slots, so a page's
+    /// vectors are rarely neighbours.
+    fn merge_gap(&self) -> u64 {
+        4096 / self.size_per_element
+    }
+
+    /// Reads the vectors `wants` asks for straight into `out` (vector
+    /// `w.at` is `out[w.at * dim..][..dim]`), de-normalised for cosine
+    /// spaces, and returns which places were filled. A want is filled only
+    /// if its slot holds its label and is not marked deleted; the caller
+    /// looks the others up another way.
+    ///
+    /// One `preadv` per run of nearby slots scatters each element: the
+    /// vector to its place in `out`, the link header and the label to
+    /// scratch buffers where they are checked. The bytes of a vector are
+    /// thus copied once, by the kernel, instead of into a buffer and then
+    /// again into the batch.
+    pub(super) fn read_into(
         &self,
-        runs: &[(u64, u64)],
-        into: &mut PageVectors,
+        wants: &mut [Want],
+        out: &mut [f32],
+        bufs: &mut ReadBuffers,
+    ) -> Result<Vec<bool>, SourceError> {
+        let places = out.len().checked_div(self.dim).unwrap_or(0);
+        let mut filled = vec![false; places];
+        if wants.is_empty() {
+            return Ok(filled);
+        }
+        assert!(
+            wants.iter().all(|w| w.at < places),
+            "a wanted vector's place is outside the output"
+        );
+        wants.sort_unstable_by_key(|w| w.slot);
+        let spe = self.size_per_element as usize;
+        let head = self.offset_data as usize;
+        let body = self.dim * 4;
+        let tail = spe - head - body;
+        let gap = self.merge_gap();
+        bufs.heads.resize(wants.len() * head, 0);
+        bufs.tails.resize(wants.len() * tail, 0);
+        bufs.gaps.resize(gap as usize * spe, 0);
+        let mut i = 0;
+        while i < wants.len() {
+            // The group: wants[i..j], strictly increasing slots at most
+            // `gap` apart, within the kernel's limit on iovecs per call.
+            let mut j = i + 1;
+            let mut iovs = 3;
+            while j < wants.len() {
+                let d = wants[j].slot.wrapping_sub(wants[j - 1].slot);
+                let extra = if d > 1 { 4 } else { 3 };
+                if d == 0 || d > gap + 1 || iovs + extra > MAX_IOVECS {
+                    break;
+                }
+                iovs += extra;
+                j += 1;
+            }
+            let first = wants[i].slot;
+            let len = (wants[j - 1].slot - first + 1) as usize * spe;
+            let out_base = out.as_mut_ptr().cast::<u8>();
+            let heads = bufs.heads.as_mut_ptr();
+            let tails = bufs.tails.as_mut_ptr();
+            let gaps = bufs.gaps.as_mut_ptr();
+            let mut iov: Vec<libc::iovec> = Vec::with_capacity(iovs);
+            for k in i..j {
+                if k > i {
+                    let skip = (wants[k].slot - wants[k - 1].slot - 1) as usize * spe;
+                    if skip > 0 {
+                        iov.push(libc::iovec {
+                            iov_base: gaps.cast(),
+                            iov_len: skip,
+                        });
+                    }
+                }
+                // SAFETY (pointer arithmetic): k < wants.len(), so the
+                // scratch offsets are within the buffers resized above,
+                // and `at < places` (asserted) keeps the vector within
+                // `out`.
+                let (h, v, t) = unsafe {
+                    (
+                        heads.add(k * head),
+                        out_base.add(wants[k].at * body),
+                        tails.add(k * tail),
+                    )
+                };
+                iov.push(libc::iovec {
+                    iov_base: h.cast(),
+                    iov_len: head,
+                });
+                iov.push(libc::iovec {
+                    iov_base: v.cast(),
+                    iov_len: body,
+                });
+                iov.push(libc::iovec {
+                    iov_base: t.cast(),
+                    iov_len: tail,
+                });
+            }
+            let offset = first * self.size_per_element;
+            let read = preadv(&self.data, &iov, offset).map_err(|e| self.io_err(e))?;
+            drop(iov);
+            if read < len {
+                // The file ended early (a writer shrank it meanwhile): read
+                // the group element by element, which says where.
+                self.read_each(&wants[i..j], i, out, bufs)?;
+            }
+            i = j;
+        }
+        for (k, w) in wants.iter().enumerate() {
+            let deleted = bufs.heads[k * head + 2] & 0x01 != 0;
+            let label = u64::from_le_bytes(
+                bufs.tails[k * tail..k * tail + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            if !deleted && label == w.label {
+                filled[w.at] = true;
+            }
+        }
+        if cfg!(target_endian = "big") {
+            for x in out.iter_mut() {
+                *x = f32::from_bits(u32::from_le(x.to_bits()));
+            }
+        }
+        if self.lengths.is_some() {
+            self.scale_by_norms(wants, &filled, out, bufs)?;
+        }
+        Ok(filled)
+    }
+
+    /// [`Hnsw::read_into`]'s fallback for a group whose `preadv` came back
+    /// short: one element at a time, failing with the offset that is gone.
+    fn read_each(
+        &self,
+        group: &[Want],
+        first_index: usize,
+        out: &mut [f32],
+        bufs: &mut ReadBuffers,
     ) -> Result<(), SourceError> {
         let spe = self.size_per_element as usize;
-        let total: usize = runs.iter().map(|(lo, hi)| (hi - lo + 1) as usize).sum();
-        if into.bytes.len() < total * spe {
-            into.bytes.resize(total * spe, 0);
-        }
-        into.runs.clear();
-        into.norms.clear();
-        let mut start = 0usize;
-        let mut norm_bytes = Vec::new();
-        for &(first, last) in runs {
-            let n = (last - first + 1) as usize;
+        let head = self.offset_data as usize;
+        let body = self.dim * 4;
+        let tail = spe - head - body;
+        let mut element = vec![0u8; spe];
+        for (n, w) in group.iter().enumerate() {
+            let k = first_index + n;
             self.data
-                .read_exact_at(
-                    &mut into.bytes[start * spe..(start + n) * spe],
-                    first * self.size_per_element,
-                )
+                .read_exact_at(&mut element, w.slot * self.size_per_element)
                 .map_err(|e| self.io_err(e))?;
-            if let Some((f, path)) = &self.lengths {
-                norm_bytes.resize(n * 4, 0);
-                f.read_exact_at(&mut norm_bytes, first * 4)
-                    .map_err(|source| SourceError::Io {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                into.norms.extend(
-                    norm_bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
-                );
+            bufs.heads[k * head..(k + 1) * head].copy_from_slice(&element[..head]);
+            bufs.tails[k * tail..(k + 1) * tail].copy_from_slice(&element[head + body..]);
+            for (x, c) in out[w.at * self.dim..(w.at + 1) * self.dim]
+                .iter_mut()
+                .zip(element[head..head + body].chunks_exact(4))
+            {
+                *x = f32::from_ne_bytes(c.try_into().expect("4 bytes"));
             }
-            into.runs.push(Run { first, last, start });
-            start += n;
         }
         Ok(())
     }
 
-    /// Appends the vector of `label` from slots read by
-    /// [`Hnsw::read_runs`], if they hold it in `slot`; de-normalised for
-    /// cosine spaces (stored unit vector × its norm from `length.bin`).
-    pub(super) fn vector_in(
+    /// Multiplies each filled vector by its norm from `length.bin`: one
+    /// read per run of slots within 1,024 of each other (4 KiB of norms).
+    fn scale_by_norms(
         &self,
-        v: &PageVectors,
-        slot: u64,
-        label: u64,
-        out: &mut Vec<f32>,
-    ) -> bool {
-        // The run holding the slot: the last starting at or before it.
-        let i = v.runs.partition_point(|r| r.first <= slot);
-        let Some(r) = v.runs[..i].last().filter(|r| slot <= r.last) else {
-            return false;
+        wants: &[Want],
+        filled: &[bool],
+        out: &mut [f32],
+        bufs: &mut ReadBuffers,
+    ) -> Result<(), SourceError> {
+        let Some((file, path)) = &self.lengths else {
+            return Ok(());
         };
-        let e = r.start + (slot - r.first) as usize;
-        let spe = self.size_per_element as usize;
-        let element = &v.bytes[e * spe..(e + 1) * spe];
-        if self.live_label(element) != Some(label) {
-            return false;
+        let mut i = 0;
+        while i < wants.len() {
+            let mut j = i + 1;
+            while j < wants.len() && wants[j].slot <= wants[j - 1].slot + NORM_GAP {
+                j += 1;
+            }
+            let first = wants[i].slot;
+            let n = (wants[j - 1].slot - first + 1) as usize;
+            bufs.norms.resize(n * 4, 0);
+            file.read_exact_at(&mut bufs.norms, first * 4)
+                .map_err(|source| SourceError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            for w in &wants[i..j] {
+                if !filled[w.at] {
+                    continue;
+                }
+                let o = (w.slot - first) as usize * 4;
+                let norm = f32::from_le_bytes(bufs.norms[o..o + 4].try_into().expect("4 bytes"));
+                for x in &mut out[w.at * self.dim..(w.at + 1) * self.dim] {
+                    *x *= norm;
+                }
+            }
+            i = j;
         }
-        let at = self.offset_data as usize;
-        // `read_runs` read a norm for every element when `length.bin` is open.
-        let scale = if self.lengths.is_some() {
-            v.norms[e]
-        } else {
-            1.0
-        };
-        out.extend(
-            element[at..at + self.dim * 4]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale),
-        );
-        true
+        Ok(())
     }
 
     /// Appends the vector of `id` (de-normalised for cosine spaces).
@@ -516,26 +681,65 @@ impl Hnsw {
         let Some(slot) = self.find_slot(label)? else {
             return Ok(false);
         };
-        let mut v = PageVectors::default();
-        self.read_runs(&[(slot, slot)], &mut v)?;
-        Ok(self.vector_in(&v, slot, label, out))
+        let before = out.len();
+        out.resize(before + self.dim, 0.0);
+        let mut want = [Want { slot, label, at: 0 }];
+        let filled = self.read_into(&mut want, &mut out[before..], &mut ReadBuffers::default())?;
+        if !filled[0] {
+            out.truncate(before);
+        }
+        Ok(filled[0])
     }
 }
 
-/// Slots read by [`Hnsw::read_runs`]: the elements of every run back to
-/// back in `bytes`, and their cosine norms (empty when not cosine).
-#[derive(Default)]
-pub(super) struct PageVectors {
-    bytes: Vec<u8>,
-    norms: Vec<f32>,
-    runs: Vec<Run>,
+/// Linux's limit on iovecs per `preadv` (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
+/// Slots apart whose norms are still read in one go (4 KiB of them).
+const NORM_GAP: u64 = 1024;
+
+/// `preadv(2)`, retried when a signal interrupts it.
+fn preadv(file: &File, iov: &[libc::iovec], offset: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: every iovec points into a live buffer that this thread
+        // borrows mutably for the whole call (`read_into`), at least
+        // `iov_len` bytes long, and no two overlap except the gap buffer,
+        // whose contents are never read.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
-/// Slots `first..=last`, stored from element `start` of the buffer.
-struct Run {
-    first: u64,
-    last: u64,
-    start: usize,
+/// A vector wanted from `data_level0.bin`: the slot that probably holds
+/// its label, the label, and its place in the output (counted in vectors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Want {
+    pub(super) slot: u64,
+    pub(super) label: u64,
+    pub(super) at: usize,
+}
+
+/// Scratch buffers [`Hnsw::read_into`] reuses page after page: each
+/// element's link header and label, skipped gaps, and norms.
+#[derive(Default)]
+pub(super) struct ReadBuffers {
+    heads: Vec<u8>,
+    tails: Vec<u8>,
+    gaps: Vec<u8>,
+    norms: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::catalog::{self, CollectionMeta};
-use super::hnsw::{Hnsw, PageVectors, Pickle};
+use super::hnsw::{Hnsw, Pickle, ReadBuffers, Want};
 use super::overlay::{self, Base, Fields, Overlay, Place, Positions};
 use super::{pages, sqlite_err};
 use crate::plan::DistanceSpace;
@@ -311,39 +311,35 @@ impl CollectionCtx {
         &self,
         h: &Hnsw,
         ids: &[String],
-        buf: &mut PageVectors,
+        bufs: &mut ReadBuffers,
     ) -> Result<Vec<f32>, SourceError> {
         let labels = h.labels()?;
-        // Check one guess first: where labels are scattered (1.x) the map
-        // is built now, before a page of wrong slots is read.
-        if let Some(l) = ids.iter().find_map(|id| labels.get(id)) {
-            h.find_slot(*l as u64)?;
-        }
-        let places: Vec<Option<(u64, u64)>> = ids
+        let mut wants: Vec<Want> = ids
             .iter()
-            .map(|id| match self.overlay.vectors.contains_key(id) {
-                true => None,
-                false => labels
-                    .get(id)
-                    .and_then(|l| Some((h.likely_slot(*l as u64)?, *l as u64))),
+            .enumerate()
+            .filter(|(_, id)| !self.overlay.vectors.contains_key(*id))
+            .filter_map(|(at, id)| {
+                let label = *labels.get(id)? as u64;
+                Some(Want {
+                    slot: h.likely_slot(label)?,
+                    label,
+                    at,
+                })
             })
             .collect();
-        let mut slots: Vec<u64> = places.iter().flatten().map(|(slot, _)| *slot).collect();
-        slots.sort_unstable();
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for s in slots {
-            match runs.last_mut() {
-                Some((_, hi)) if s <= *hi + 8 => *hi = s,
-                _ => runs.push((s, s)),
-            }
-        }
-        h.read_runs(&runs, buf)?;
         let dim = self.batch_dim();
-        let mut out = Vec::with_capacity(ids.len() * dim);
-        for (id, place) in ids.iter().zip(places) {
-            let read = place.is_some_and(|(slot, label)| h.vector_in(buf, slot, label, &mut out));
-            if !read {
-                self.push_vector(&mut out, dim, id)?;
+        if dim != h.dim {
+            wants.clear(); // refused when loaded; never read a wrong shape
+        }
+        let mut out = vec![0.0; ids.len() * dim];
+        let filled = h.read_into(&mut wants, &mut out, bufs)?;
+        // The rest (queued vectors, moved slots) one by one.
+        let mut one = Vec::with_capacity(dim);
+        for (at, id) in ids.iter().enumerate() {
+            if !filled.get(at).copied().unwrap_or(false) {
+                one.clear();
+                self.push_vector(&mut one, dim, id)?;
+                out[at * dim..(at + 1) * dim].copy_from_slice(&one);
             }
         }
         Ok(out)
@@ -414,9 +410,14 @@ impl CollectionCtx {
                 let (ask, asked) = std::sync::mpsc::sync_channel::<Vec<String>>(2);
                 let (give, given) = std::sync::mpsc::sync_channel(2);
                 scope.spawn(move || {
-                    let mut buf = PageVectors::default();
+                    let mut buf = ReadBuffers::default();
+                    // Its error, if any, is the first page's.
+                    let mut unready = h.prepare().err();
                     for ids in asked {
-                        let v = self.page_vectors(h, &ids, &mut buf);
+                        let v = match unready.take() {
+                            Some(e) => Err(e),
+                            None => self.page_vectors(h, &ids, &mut buf),
+                        };
                         let failed = v.is_err();
                         if give.send((ids, v)).is_err() || failed {
                             return;
