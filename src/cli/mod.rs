@@ -338,32 +338,8 @@ impl SourceArgs {
     }
 }
 
-/// glibc gives each thread that allocates its own malloc arena (up to 8 per
-/// core). Batches are built on reader threads and freed on writer threads,
-/// so freed memory piles up in arenas it is not returned from: measured on
-/// 1,000,000 × 128, apply peaked at 1.1 GB with default arenas and 680 MB
-/// with two. Called first thing, before any thread exists.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-        }
-        const M_ARENA_MAX: std::ffi::c_int = -8;
-        // Respect an explicit MALLOC_ARENA_MAX from the environment.
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            // SAFETY: mallopt only sets an allocator tunable; no thread has
-            // been started yet, so nothing races with it.
-            unsafe {
-                mallopt(M_ARENA_MAX, 2);
-            }
-        }
-    }
-}
-
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -376,28 +376,20 @@ impl Hnsw {
         let mut slots =
             FastMap::with_capacity_and_hasher(self.cur_count as usize, Default::default());
         if spe >= 1024 && self.label_offset + 8 == spe {
-            // Large elements (high dimensions): read only what is needed.
-            // An element's label is its last 8 bytes and the next element's
-            // link header (with the deleted mark) follows it, so one 12-byte
-            // read per element gives both.
-            let mut header = [0u8; 4];
-            if self.cur_count > 0 {
-                self.data
-                    .read_exact_at(&mut header, 0)
-                    .map_err(|e| self.io_err(e))?;
-            }
-            let mut buf = [0u8; 12];
-            for slot in 0..self.cur_count {
-                let len = if slot + 1 < self.cur_count { 12 } else { 8 };
-                self.data
-                    .read_exact_at(&mut buf[..len], slot * spe + self.label_offset)
-                    .map_err(|e| self.io_err(e))?;
-                if header[2] & 0x01 == 0 {
-                    let label = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-                    slots.insert(label, slot);
-                }
-                header.copy_from_slice(&buf[8..12]);
-            }
+            // Large elements (high dimensions): read only what is needed,
+            // a system call per element, so two threads share the slots.
+            let half = self.cur_count / 2;
+            let (a, b) = std::thread::scope(|s| {
+                let upper = s.spawn(|| self.live_labels(half..self.cur_count));
+                let lower = self.live_labels(0..half);
+                let upper = upper.join().unwrap_or_else(|panic| {
+                    Err(SourceError::ReaderCrashed {
+                        reason: crate::source::panic_text(&panic),
+                    })
+                });
+                (lower, upper)
+            });
+            slots.extend(a?.into_iter().chain(b?));
             return Ok(self.slots.get_or_init(|| slots));
         }
         let chunk_elems = (4 << 20) / spe.max(1) + 1;
@@ -418,6 +410,36 @@ impl Hnsw {
             slot += n;
         }
         Ok(self.slots.get_or_init(|| slots))
+    }
+
+    /// (label, slot) of the live elements in `slots`, for elements that end
+    /// with their label: the label is an element's last 8 bytes and the
+    /// next element's link header (with the deleted mark) follows it, so
+    /// one 12-byte read per element gives both.
+    fn live_labels(&self, slots: std::ops::Range<u64>) -> Result<Vec<(u64, u64)>, SourceError> {
+        let spe = self.size_per_element;
+        let mut out = Vec::with_capacity((slots.end - slots.start) as usize);
+        let mut header = [0u8; 4];
+        if slots.start < slots.end {
+            self.data
+                .read_exact_at(&mut header, slots.start * spe)
+                .map_err(|e| self.io_err(e))?;
+        }
+        let mut buf = [0u8; 12];
+        for slot in slots {
+            let len = if slot + 1 < self.cur_count { 12 } else { 8 };
+            self.data
+                .read_exact_at(&mut buf[..len], slot * spe + self.label_offset)
+                .map_err(|e| self.io_err(e))?;
+            if header[2] & 0x01 == 0 {
+                out.push((
+                    u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")),
+                    slot,
+                ));
+            }
+            header.copy_from_slice(&buf[8..12]);
+        }
+        Ok(out)
     }
 
     /// The label an element holds, unless it is marked deleted.
