@@ -133,7 +133,7 @@ pub(super) struct PersistentData {
     #[serde(default)]
     pub(super) max_seq_id: Option<i64>,
     #[serde(default)]
-    pub(super) id_to_label: HashMap<String, i64>,
+    pub(super) id_to_label: FastMap<String, i64>,
 }
 
 /// A segment's `index_metadata.pickle`.
@@ -156,6 +156,13 @@ impl Pickle {
             path: self.path.display().to_string(),
             source,
         })?;
+        if let Some(p) = super::pickle::parse(&bytes) {
+            return Ok(p);
+        }
+        tracing::debug!(
+            "{}: not a pickle the fast reader knows; reading it with serde-pickle",
+            self.path.display()
+        );
         serde_pickle::from_slice::<PersistentData>(&bytes, Default::default()).map_err(|err| {
             SourceError::Corrupt {
                 file: self.path.display().to_string(),
@@ -168,7 +175,7 @@ impl Pickle {
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The HNSW files of a vector segment.
 ///
@@ -194,6 +201,8 @@ pub(super) struct Hnsw {
     pub(super) dim: usize,
     /// label → slot, built on the first failed guess.
     slots: OnceLock<FastMap<u64, u64>>,
+    /// Labels mapped near failed guesses, before (or instead of) `slots`.
+    near: std::sync::Mutex<Near>,
     pickle: Pickle,
     /// id → label, from the pickle, read on first use.
     id_to_label: OnceLock<FastMap<String, i64>>,
@@ -277,6 +286,7 @@ impl Hnsw {
             cur_count: header.cur_count,
             dim: header.dim,
             slots: OnceLock::new(),
+            near: Default::default(),
             pickle,
             id_to_label: OnceLock::new(),
         };
@@ -299,9 +309,7 @@ impl Hnsw {
                 hint: SEGMENT_HINT.into(),
             });
         }
-        Ok(self
-            .id_to_label
-            .get_or_init(|| p.id_to_label.into_iter().collect()))
+        Ok(self.id_to_label.get_or_init(|| p.id_to_label))
     }
 
     pub(super) fn labels(&self) -> Result<&FastMap<String, i64>, SourceError> {
@@ -361,8 +369,8 @@ impl Hnsw {
         Ok(())
     }
 
-    /// The label → slot map of every live element, read once, in large
-    /// sequential chunks.
+    /// The label → slot map of every live element, read once, the two
+    /// halves of the file on two threads.
     fn slot_map(&self) -> Result<&FastMap<u64, u64>, SourceError> {
         if let Some(m) = self.slots.get() {
             return Ok(m);
@@ -372,31 +380,103 @@ impl Hnsw {
             self.data_path.display(),
             self.cur_count
         );
-        let spe = self.size_per_element;
+        let half = self.cur_count / 2;
+        let (a, b) = std::thread::scope(|s| {
+            let upper = s.spawn(|| self.labels_in(half..self.cur_count));
+            let lower = self.labels_in(0..half);
+            let upper = upper.join().unwrap_or_else(|panic| {
+                Err(SourceError::ReaderCrashed {
+                    reason: crate::source::panic_text(&panic),
+                })
+            });
+            (lower, upper)
+        });
         let mut slots =
             FastMap::with_capacity_and_hasher(self.cur_count as usize, Default::default());
-        if spe >= 1024 && self.label_offset + 8 == spe {
-            // Large elements (high dimensions): read only what is needed,
-            // a system call per element, so two threads share the slots.
-            let half = self.cur_count / 2;
-            let (a, b) = std::thread::scope(|s| {
-                let upper = s.spawn(|| self.live_labels(half..self.cur_count));
-                let lower = self.live_labels(0..half);
-                let upper = upper.join().unwrap_or_else(|panic| {
-                    Err(SourceError::ReaderCrashed {
-                        reason: crate::source::panic_text(&panic),
-                    })
-                });
-                (lower, upper)
-            });
-            slots.extend(a?.into_iter().chain(b?));
-            return Ok(self.slots.get_or_init(|| slots));
+        slots.extend(a?.into_iter().chain(b?));
+        Ok(self.slots.get_or_init(|| slots))
+    }
+
+    /// The slot of `label` among the elements near its usual slot, mapped
+    /// [`BLOCK`] slots at a time outwards from it, up to [`NEAR`] slots
+    /// away; `None` if it is not there. Chroma 1.x scatters a batch's labels
+    /// over that batch's slots only, so the few records a sync fetches are
+    /// found without mapping every element (a system call each for wide
+    /// elements: 100,000 for 100,000 records, where a 1 % sync needs a
+    /// few blocks). What was mapped is kept for the next label.
+    fn near_slot(&self, label: u64) -> Result<Option<u64>, SourceError> {
+        if self.cur_count == 0 {
+            return Ok(None);
         }
+        let mut near = self.near.lock().unwrap_or_else(|p| p.into_inner());
+        if near.scanned.is_empty() {
+            near.scanned = vec![false; self.cur_count.div_ceil(BLOCK) as usize];
+        }
+        if let Some(slot) = near.map.get(&label) {
+            return Ok(Some(*slot));
+        }
+        let centre = (label.saturating_sub(1).min(self.cur_count - 1) / BLOCK) as i64;
+        let reach = (NEAR / BLOCK) as i64;
+        let blocks = near.scanned.len() as i64;
+        // The centre block, then one each side, and so on outwards.
+        for step in 0..=2 * reach {
+            let b = centre
+                + if step % 2 == 0 {
+                    -step / 2
+                } else {
+                    (step + 1) / 2
+                };
+            if b < 0 || b >= blocks || near.scanned[b as usize] {
+                continue;
+            }
+            let start = b as u64 * BLOCK;
+            let found = self.labels_in(start..(start + BLOCK).min(self.cur_count))?;
+            near.map.extend(found);
+            near.scanned[b as usize] = true;
+            if let Some(slot) = near.map.get(&label) {
+                return Ok(Some(*slot));
+            }
+        }
+        Ok(None)
+    }
+
+    /// (label, slot) of the live elements in `slots`.
+    fn labels_in(&self, slots: std::ops::Range<u64>) -> Result<Vec<(u64, u64)>, SourceError> {
+        let spe = self.size_per_element;
+        let mut out = Vec::with_capacity((slots.end - slots.start) as usize);
+        if spe >= 1024 && self.label_offset + 8 == spe {
+            // Wide elements: read only what is needed. The label is an
+            // element's last 8 bytes and the next element's link header
+            // (with the deleted mark) follows it, so one 12-byte read per
+            // element gives both.
+            let mut header = [0u8; 4];
+            if slots.start < slots.end {
+                self.data
+                    .read_exact_at(&mut header, slots.start * spe)
+                    .map_err(|e| self.io_err(e))?;
+            }
+            let mut buf = [0u8; 12];
+            for slot in slots {
+                let len = if slot + 1 < self.cur_count { 12 } else { 8 };
+                self.data
+                    .read_exact_at(&mut buf[..len], slot * spe + self.label_offset)
+                    .map_err(|e| self.io_err(e))?;
+                if header[2] & 0x01 == 0 {
+                    out.push((
+                        u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")),
+                        slot,
+                    ));
+                }
+                header.copy_from_slice(&buf[8..12]);
+            }
+            return Ok(out);
+        }
+        // Small elements: whole, in chunks of about 4 MiB.
         let chunk_elems = (4 << 20) / spe.max(1) + 1;
         let mut buf = Vec::new();
-        let mut slot = 0u64;
-        while slot < self.cur_count {
-            let n = chunk_elems.min(self.cur_count - slot);
+        let mut slot = slots.start;
+        while slot < slots.end {
+            let n = chunk_elems.min(slots.end - slot);
             buf.resize((n * spe) as usize, 0);
             self.data
                 .read_exact_at(&mut buf, slot * spe)
@@ -404,40 +484,10 @@ impl Hnsw {
             for i in 0..n {
                 let element = &buf[(i * spe) as usize..((i + 1) * spe) as usize];
                 if let Some(label) = self.live_label(element) {
-                    slots.insert(label, slot + i);
+                    out.push((label, slot + i));
                 }
             }
             slot += n;
-        }
-        Ok(self.slots.get_or_init(|| slots))
-    }
-
-    /// (label, slot) of the live elements in `slots`, for elements that end
-    /// with their label: the label is an element's last 8 bytes and the
-    /// next element's link header (with the deleted mark) follows it, so
-    /// one 12-byte read per element gives both.
-    fn live_labels(&self, slots: std::ops::Range<u64>) -> Result<Vec<(u64, u64)>, SourceError> {
-        let spe = self.size_per_element;
-        let mut out = Vec::with_capacity((slots.end - slots.start) as usize);
-        let mut header = [0u8; 4];
-        if slots.start < slots.end {
-            self.data
-                .read_exact_at(&mut header, slots.start * spe)
-                .map_err(|e| self.io_err(e))?;
-        }
-        let mut buf = [0u8; 12];
-        for slot in slots {
-            let len = if slot + 1 < self.cur_count { 12 } else { 8 };
-            self.data
-                .read_exact_at(&mut buf[..len], slot * spe + self.label_offset)
-                .map_err(|e| self.io_err(e))?;
-            if header[2] & 0x01 == 0 {
-                out.push((
-                    u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")),
-                    slot,
-                ));
-            }
-            header.copy_from_slice(&buf[8..12]);
         }
         Ok(out)
     }
@@ -479,6 +529,11 @@ impl Hnsw {
             if self.live_label(&element) == Some(label) {
                 return Ok(Some(slot));
             }
+        }
+        if self.slots.get().is_none()
+            && let Some(slot) = self.near_slot(label)?
+        {
+            return Ok(Some(slot));
         }
         Ok(self.slot_map()?.get(&label).copied())
     }
@@ -714,6 +769,20 @@ impl Hnsw {
     }
 }
 
+/// The labels of some blocks of slots, found by [`Hnsw::near_slot`].
+#[derive(Default)]
+struct Near {
+    map: FastMap<u64, u64>,
+    /// Per block of [`BLOCK`] slots: mapped yet?
+    scanned: Vec<bool>,
+}
+
+/// Slots [`Hnsw::near_slot`] maps at a time.
+const BLOCK: u64 = 1024;
+/// How far from its usual slot [`Hnsw::near_slot`] looks for a label:
+/// beyond a 1.x batch (chromadb's largest is 5,461 records) on each side.
+const NEAR: u64 = 8192;
+
 /// Linux's limit on iovecs per `preadv` (UIO_MAXIOV).
 const MAX_IOVECS: usize = 1024;
 /// Slots apart whose norms are still read in one go (4 KiB of them).
@@ -905,7 +974,7 @@ mod tests {
         let parsed = PersistentData {
             dimensionality: Some(2),
             max_seq_id: None,
-            id_to_label: HashMap::from([("a".to_string(), 1)]),
+            id_to_label: FastMap::from_iter([("a".to_string(), 1)]),
         };
         Hnsw::open(dir, pickle, Some(parsed), cosine)
     }
@@ -983,5 +1052,147 @@ mod tests {
             err.contains("header.bin") && err.contains("version 2"),
             "{err}"
         );
+    }
+
+    /// A segment of `n` elements of dimension `dim` whose labels are
+    /// scattered as Chroma 1.x scatters them: shuffled within batches of
+    /// `batch` slots. Element of label `l`: vector `[l, l + 0.5, …]`; the
+    /// pickle maps `id-l` → `l`. Returns the slot of each label.
+    fn scattered(dir: &Path, n: u64, dim: usize, batch: u64) -> (Hnsw, FastMap<u64, u64>) {
+        let (head, spe) = (12u64, 12 + dim as u64 * 4 + 8);
+        std::fs::write(
+            dir.join("header.bin"),
+            header_bytes(1, n, spe, head + dim as u64 * 4, head),
+        )
+        .unwrap();
+        let mut labels: Vec<u64> = (1..=n).collect();
+        for chunk in labels.chunks_mut(batch as usize) {
+            // A fixed shuffle: reverse, then swap neighbours.
+            chunk.reverse();
+            for pair in chunk.chunks_mut(2) {
+                pair.reverse();
+            }
+        }
+        let mut data = Vec::with_capacity((n * spe) as usize);
+        let mut where_ = FastMap::default();
+        for (slot, l) in labels.iter().enumerate() {
+            data.extend_from_slice(&[0u8; 12]);
+            for j in 0..dim {
+                data.extend_from_slice(&(*l as f32 + j as f32 * 0.5).to_le_bytes());
+            }
+            data.extend_from_slice(&l.to_le_bytes());
+            where_.insert(*l, slot as u64);
+        }
+        std::fs::write(dir.join("data_level0.bin"), data).unwrap();
+        let parsed = PersistentData {
+            dimensionality: Some(dim as i64),
+            max_seq_id: None,
+            id_to_label: (1..=n).map(|l| (format!("id-{l}"), l as i64)).collect(),
+        };
+        let pickle = Pickle::new(dir.join("index_metadata.pickle"), "docs".into());
+        let h = Hnsw::open(dir, pickle, Some(parsed), false)
+            .unwrap()
+            .unwrap();
+        (h, where_)
+    }
+
+    #[test]
+    fn scattered_labels_are_found_near_their_usual_slot_without_mapping_all() {
+        // Narrow (whole-element reads) and wide (12-byte label reads).
+        for dim in [4usize, 300] {
+            let tmp = tempfile::tempdir().unwrap();
+            let n = 40_000;
+            let (h, slots) = scattered(tmp.path(), n, dim, 5000);
+            // A few changed records of one batch: a few blocks around it.
+            for l in [20_000u64, 20_001, 20_500, 24_999] {
+                assert_eq!(
+                    h.find_slot(l).unwrap(),
+                    Some(slots[&l]),
+                    "label {l}, dim {dim}"
+                );
+            }
+            let mapped = |h: &Hnsw| {
+                h.near
+                    .lock()
+                    .unwrap()
+                    .scanned
+                    .iter()
+                    .filter(|b| **b)
+                    .count()
+            };
+            assert!(
+                mapped(&h) <= 2 * (NEAR / BLOCK) as usize + 1,
+                "dim {dim}: {} blocks",
+                mapped(&h)
+            );
+            for l in [1u64, 2, 4999, 5001, 39_999, 40_000] {
+                assert_eq!(
+                    h.find_slot(l).unwrap(),
+                    Some(slots[&l]),
+                    "label {l}, dim {dim}"
+                );
+                let v = vector_of(&h, &format!("id-{l}"));
+                assert_eq!(v.len(), dim);
+                assert_eq!(
+                    (v[0], v[dim - 1]),
+                    (l as f32, l as f32 + (dim - 1) as f32 * 0.5)
+                );
+            }
+            assert!(
+                h.slots.get().is_none(),
+                "dim {dim}: only blocks near the labels were mapped"
+            );
+            assert!(
+                mapped(&h) < h.near.lock().unwrap().scanned.len(),
+                "dim {dim}"
+            );
+            // A label that is nowhere: the whole map, once, then `None`.
+            assert_eq!(h.find_slot(n + 7).unwrap(), None);
+            assert!(h.slots.get().is_some());
+            assert_eq!(h.find_slot(20_000).unwrap(), Some(slots[&20_000]));
+        }
+    }
+
+    #[test]
+    fn a_page_read_scatters_each_vector_to_its_place() {
+        for dim in [4usize, 1100] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (h, slots) = scattered(tmp.path(), 3000, dim, 1000);
+            h.prepare().unwrap();
+            assert!(
+                h.slots.get().is_some(),
+                "scattered labels are mapped up front"
+            );
+            // Places out of label order, one label asked for twice, one
+            // want whose slot holds another label (not filled).
+            let asked = [17u64, 2999, 1, 1000, 1001, 17, 2500];
+            let mut wants: Vec<Want> = asked
+                .iter()
+                .enumerate()
+                .map(|(at, l)| Want {
+                    slot: slots[l],
+                    label: *l,
+                    at,
+                })
+                .collect();
+            wants.push(Want {
+                slot: slots[&5],
+                label: 6,
+                at: asked.len(),
+            });
+            let mut out = vec![0f32; (asked.len() + 1) * dim];
+            let filled = h
+                .read_into(&mut wants, &mut out, &mut ReadBuffers::default())
+                .unwrap();
+            assert_eq!(filled, [true, true, true, true, true, true, true, false]);
+            for (at, l) in asked.iter().enumerate() {
+                let v = &out[at * dim..(at + 1) * dim];
+                assert_eq!(
+                    (v[0], v[dim - 1]),
+                    (*l as f32, *l as f32 + (dim - 1) as f32 * 0.5),
+                    "dim {dim}"
+                );
+            }
+        }
     }
 }

@@ -42,6 +42,7 @@ mod catalog;
 mod hnsw;
 mod overlay;
 mod pages;
+mod pickle;
 mod reader;
 
 use std::path::{Path, PathBuf};
