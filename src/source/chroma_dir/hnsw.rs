@@ -332,16 +332,8 @@ impl Hnsw {
     /// needs the other, so they run on two threads at once, before the
     /// first page is read.
     pub(super) fn prepare(&self) -> Result<(), SourceError> {
-        std::thread::scope(|s| {
-            let slots = s.spawn(|| self.map_if_scattered());
-            let labels = self.labels().map(|_| ());
-            let slots = slots.join().unwrap_or_else(|panic| {
-                Err(SourceError::ReaderCrashed {
-                    reason: crate::source::panic_text(&panic),
-                })
-            });
-            labels.and(slots)
-        })
+        let (slots, labels) = both(|| self.map_if_scattered(), || self.labels().map(|_| ()));
+        labels.and(slots)
     }
 
     /// Builds the slot map unless the first, middle and last live
@@ -381,16 +373,10 @@ impl Hnsw {
             self.cur_count
         );
         let half = self.cur_count / 2;
-        let (a, b) = std::thread::scope(|s| {
-            let upper = s.spawn(|| self.labels_in(half..self.cur_count));
-            let lower = self.labels_in(0..half);
-            let upper = upper.join().unwrap_or_else(|panic| {
-                Err(SourceError::ReaderCrashed {
-                    reason: crate::source::panic_text(&panic),
-                })
-            });
-            (lower, upper)
-        });
+        let (a, b) = both(
+            || self.labels_in(half..self.cur_count),
+            || self.labels_in(0..half),
+        );
         let mut slots =
             FastMap::with_capacity_and_hasher(self.cur_count as usize, Default::default());
         slots.extend(a?.into_iter().chain(b?));
@@ -767,6 +753,25 @@ impl Hnsw {
         }
         Ok(filled[0])
     }
+}
+
+/// Runs `a` on a scoped thread and `b` on this one, and returns both
+/// results; a panic on the other thread becomes the reader's crash error
+/// rather than ending the process.
+fn both<A: Send, B>(
+    a: impl FnOnce() -> Result<A, SourceError> + Send,
+    b: impl FnOnce() -> Result<B, SourceError>,
+) -> (Result<A, SourceError>, Result<B, SourceError>) {
+    std::thread::scope(|s| {
+        let a = s.spawn(a);
+        let b = b();
+        let a = a.join().unwrap_or_else(|panic| {
+            Err(SourceError::ReaderCrashed {
+                reason: crate::source::panic_text(&panic),
+            })
+        });
+        (a, b)
+    })
 }
 
 /// The labels of some blocks of slots, found by [`Hnsw::near_slot`].

@@ -125,6 +125,11 @@ impl Machine<'_> {
 
     fn memo_put(&mut self, index: usize) -> Option<()> {
         let top = *self.stack.last()?;
+        // A writer numbers its memo entries from 0, one per opcode at most:
+        // a larger index is damage, not a reason to allocate gigabytes.
+        if index > self.bytes.len() {
+            return None;
+        }
         if index >= self.memo.len() {
             self.memo.resize(index + 1, Val::Other);
         }
@@ -372,5 +377,28 @@ mod tests {
         assert!(parse(b"").is_none());
         // Not a dict at the top.
         assert!(parse(b"\x80\x03K\x01.").is_none());
+        // A memo index of four billion: refused, not allocated.
+        assert!(parse(b"\x80\x03}r\xff\xff\xff\xff.").is_none());
+    }
+
+    #[test]
+    fn damaged_bytes_never_panic() {
+        // Every byte of a real pickle replaced by each of a spread of
+        // values: whatever comes out, the walker returns.
+        let mut bytes = PYTHON_OBJECT.to_vec();
+        let mut read = 0;
+        for at in 0..bytes.len() {
+            let was = bytes[at];
+            for v in (0..=255u8)
+                .step_by(3)
+                .chain([b'r', b'j', b'X', 0x8d, 0x8a, b'(', b'u'])
+            {
+                bytes[at] = v;
+                read += usize::from(parse(&bytes).is_some());
+            }
+            bytes[at] = was;
+        }
+        // Most changes to a string's or a number's bytes still parse.
+        assert!(read > 0);
     }
 }
