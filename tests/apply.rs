@@ -330,3 +330,44 @@ fn upsert_into_a_table_with_other_rows_validates_only_the_source() {
         text(&o)
     );
 }
+
+#[test]
+fn a_target_directory_that_disappeared_is_shown_in_the_plan_then_recreated() {
+    // Decided (docs/plan-reference.md, "A table that is gone"): the tables
+    // of a target that vanished are planned as created again, with a note
+    // naming the apply that last left them, and `apply` rebuilds them from
+    // the source.
+    let out = tempfile::tempdir().unwrap();
+    let o = apply(out.path(), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::rename(out.path().join("lancedb"), out.path().join("moved")).unwrap();
+
+    let plan = lanceferry(out.path())
+        .args(["plan", "plans/demo.yaml", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    let shown = text(&plan);
+    for table in ["canvas_explanations", "canvas_concepts"] {
+        assert!(
+            shown.contains(&format!("+ `{table}` -> table `{table}`"))
+                && shown.contains(&format!("table `{table}` is gone: apply `"))
+                && shown.contains("dropped since"),
+            "{shown}"
+        );
+    }
+    assert!(shown.contains("Plan: 2 to create"), "{shown}");
+
+    let again = apply(out.path(), &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(count_rows(out.path(), "canvas_explanations"), 600);
+    assert_eq!(count_rows(out.path(), "canvas_concepts"), 400);
+    // What was moved away is left as it was.
+    assert!(out.path().join("moved/canvas_explanations.lance").is_dir());
+    let third = apply(out.path(), &[]);
+    assert!(
+        String::from_utf8_lossy(&third.stdout).starts_with("nothing to do"),
+        "{}",
+        text(&third)
+    );
+}
