@@ -37,7 +37,7 @@ fn scan_batch_rows(schema: &arrow_schema::Schema, columns: &[&str]) -> usize {
     fn width(t: &arrow_schema::DataType) -> usize {
         match t {
             arrow_schema::DataType::FixedSizeList(f, n) => {
-                (*n).max(0) as usize * width(f.data_type())
+                ((*n).max(0) as usize).saturating_mul(width(f.data_type()))
             }
             t => t.primitive_width().unwrap_or(64),
         }
@@ -46,7 +46,7 @@ fn scan_batch_rows(schema: &arrow_schema::Schema, columns: &[&str]) -> usize {
         .iter()
         .filter_map(|c| schema.field_with_name(c).ok())
         .map(|f| width(f.data_type()))
-        .sum();
+        .fold(0usize, usize::saturating_add);
     (SCAN_BATCH_BYTES / row.max(1)).clamp(128, 8192)
 }
 

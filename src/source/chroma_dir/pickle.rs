@@ -25,6 +25,8 @@ enum Val {
     Int(i64),
     Str(u32),
     Dict(u32),
+    /// An object made by `NEWOBJ`, known only by the dict `BUILD` gives it.
+    Obj,
     /// Anything this reader does not look into (floats, big integers,
     /// tuples, lists, classes, objects without a dict state).
     Other,
@@ -55,11 +57,13 @@ pub(super) fn parse(bytes: &[u8]) -> Option<PersistentData> {
         let Val::Str(k) = k else { continue };
         match (m.strings[*k as usize].as_str(), v) {
             ("dimensionality", Val::Int(i)) => out.dimensionality = Some(*i),
-            ("dimensionality", Val::None) => {}
+            ("dimensionality", Val::None) => out.dimensionality = None,
             ("max_seq_id", Val::Int(i)) => out.max_seq_id = Some(*i),
-            ("max_seq_id", Val::None) => {}
+            ("max_seq_id", Val::None) => out.max_seq_id = None,
             ("id_to_label", Val::Dict(labels)) => {
+                // A key given twice: the last value wins, as in Python.
                 let labels = &m.dicts[*labels as usize];
+                out.id_to_label.clear();
                 out.id_to_label.reserve(labels.len());
                 for (id, label) in labels {
                     let (Val::Str(id), Val::Int(label)) = (id, label) else {
@@ -80,7 +84,8 @@ struct Machine<'a> {
     bytes: &'a [u8],
     at: usize,
     stack: Vec<Val>,
-    memo: Vec<Val>,
+    /// `None`: an index never put (a reference to it is damage).
+    memo: Vec<Option<Val>>,
     strings: Vec<String>,
     dicts: Vec<Vec<(Val, Val)>>,
 }
@@ -124,21 +129,21 @@ impl Machine<'_> {
     }
 
     fn memo_put(&mut self, index: usize) -> Option<()> {
-        let top = *self.stack.last()?;
+        let top = *self.stack.last().filter(|v| **v != Val::Mark)?;
         // A writer numbers its memo entries from 0, one per opcode at most:
         // a larger index is damage, not a reason to allocate gigabytes.
         if index > self.bytes.len() {
             return None;
         }
         if index >= self.memo.len() {
-            self.memo.resize(index + 1, Val::Other);
+            self.memo.resize(index + 1, None);
         }
-        self.memo[index] = top;
+        self.memo[index] = Some(top);
         Some(())
     }
 
     fn memo_get(&mut self, index: usize) -> Option<()> {
-        let v = *self.memo.get(index)?;
+        let v = (*self.memo.get(index)?)?;
         self.stack.push(v);
         Some(())
     }
@@ -285,19 +290,19 @@ impl Machine<'_> {
                     self.stack.push(Val::Other);
                 }
                 0x81 => {
-                    // NEWOBJ: class and arguments; an object we know only
-                    // by the dict BUILD gives it.
+                    // NEWOBJ: class and arguments.
                     self.pop()?;
                     self.pop()?;
-                    self.stack.push(Val::Other);
+                    self.stack.push(Val::Obj);
                 }
                 b'b' => {
                     // BUILD: the object becomes its state, when a dict.
                     let state = self.pop()?;
                     let obj = self.pop()?;
                     self.stack.push(match (obj, state) {
-                        (Val::Other, Val::Dict(_)) => state,
-                        _ => Val::Other,
+                        (Val::Obj, Val::Dict(_)) => state,
+                        (Val::Obj, _) => Val::Other,
+                        _ => return None,
                     });
                 }
                 _ => return None,
@@ -377,8 +382,23 @@ mod tests {
         assert!(parse(b"").is_none());
         // Not a dict at the top.
         assert!(parse(b"\x80\x03K\x01.").is_none());
+        // A memoised MARK, a reference to a memo entry never put, and a
+        // BUILD on a list: all errors in Python too.
+        assert!(parse(b"\x80\x03}(\x94h\x00X\x01\x00\x00\x00aK\x01u.").is_none());
+        assert!(parse(b"\x80\x03}h\x05.").is_none());
+        assert!(parse(b"\x80\x03]}b.").is_none());
         // A memo index of four billion: refused, not allocated.
         assert!(parse(b"\x80\x03}r\xff\xff\xff\xff.").is_none());
+    }
+
+    #[test]
+    fn a_key_given_twice_keeps_its_last_value_as_in_python() {
+        // {"id_to_label": {"a": 1}, "dimensionality": 3,
+        //  "id_to_label": {"b": 2}, "dimensionality": None}
+        let bytes = b"\x80\x03}(X\x0b\x00\x00\x00id_to_label}(X\x01\x00\x00\x00aK\x01uX\x0e\x00\x00\x00dimensionalityK\x03X\x0b\x00\x00\x00id_to_label}(X\x01\x00\x00\x00bK\x02uX\x0e\x00\x00\x00dimensionalityNu.";
+        let p = parse(bytes).expect("known opcodes");
+        assert_eq!(labels(&p), [("b".to_string(), 2)]);
+        assert_eq!(p.dimensionality, None);
     }
 
     #[test]
