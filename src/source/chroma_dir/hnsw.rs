@@ -516,9 +516,17 @@ impl Hnsw {
                 return Ok(Some(slot));
             }
         }
-        if self.slots.get().is_none()
-            && let Some(slot) = self.near_slot(label)?
-        {
+        self.locate(label)
+    }
+
+    /// The slot that holds `label`, without trying its usual slot first
+    /// (the caller did): from the map if built, else near the usual slot,
+    /// else from the map built now.
+    fn locate(&self, label: u64) -> Result<Option<u64>, SourceError> {
+        if let Some(m) = self.slots.get() {
+            return Ok(m.get(&label).copied());
+        }
+        if let Some(slot) = self.near_slot(label)? {
             return Ok(Some(slot));
         }
         Ok(self.slot_map()?.get(&label).copied())
@@ -737,11 +745,13 @@ impl Hnsw {
     }
 
     /// Appends the vector of `id` (de-normalised for cosine spaces).
+    /// Called for records whose usual slot [`Hnsw::read_into`] already
+    /// found without their label, so that slot is not read again.
     pub(super) fn vector(&self, id: &str, out: &mut Vec<f32>) -> Result<bool, SourceError> {
         let Some(label) = self.label_of(id)? else {
             return Ok(false);
         };
-        let Some(slot) = self.find_slot(label)? else {
+        let Some(slot) = self.locate(label)? else {
             return Ok(false);
         };
         let before = out.len();

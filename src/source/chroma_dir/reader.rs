@@ -302,11 +302,10 @@ impl CollectionCtx {
     }
 
     /// The vectors of a page's records (`ids`, in order), back to back:
-    /// the page's slots are read in a few large reads (sorted and cut into
-    /// runs without big gaps: records written together sit in nearby
-    /// slots, though not always in row order) into `buf`, reused page
-    /// after page. A record the queue gave a vector, or whose slot did not
-    /// hold its label, goes through [`CollectionCtx::push_vector`].
+    /// read by [`Hnsw::read_into`] straight into place, one `preadv` per run
+    /// of nearby slots, with `bufs` reused page after page. A record the
+    /// queue gave a vector, or whose slot did not hold its label, goes
+    /// through [`CollectionCtx::push_vector`].
     fn page_vectors(
         &self,
         h: &Hnsw,
@@ -587,11 +586,23 @@ impl CollectionCtx {
         conn: &Connection,
         ids: &[String],
     ) -> Result<SourceBatch, SourceError> {
-        let mut batch = SourceBatch::with_capacity(ids.len(), self.batch_dim());
         let base = self.base(conn);
+        let (mut found, mut fields) = (Vec::new(), Vec::new());
         for id in ids {
             if let Some(f) = self.overlay.fields_of(&base, id)? {
-                self.push_record(&mut batch, id.clone(), f)?;
+                found.push(id.clone());
+                fields.push(f);
+            }
+        }
+        let mut batch = SourceBatch::with_capacity(found.len(), self.batch_dim());
+        // The vectors in one go, as a page's are read.
+        if let (Vectors::Read, Some(h)) = (self.vectors, &self.hnsw) {
+            batch.embeddings = self.page_vectors(h, &found, &mut ReadBuffers::default())?;
+        }
+        for (id, f) in found.into_iter().zip(fields) {
+            match (self.vectors, &self.hnsw) {
+                (Vectors::Read, None) => self.push_record(&mut batch, id, f)?,
+                _ => push_fields(&mut batch, id, f),
             }
         }
         Ok(batch)
